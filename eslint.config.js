@@ -1,52 +1,79 @@
-// Layering rules: each runtime may import only what it can run. A wrong import fails `npm run lint`
-// (and the browser tsconfig), not a review. See docs/architecture.md, "Runtimes and layering".
+// Lint setup. The `snowbird/layering` rule keeps runtimes apart (as VS Code's code-layering rule does):
+// a wrong import fails `npm run lint`, not a review. See docs/architecture.md, "Runtimes and layering".
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 import { builtinModules } from 'node:module';
+import { dirname, relative, resolve, sep } from 'node:path';
 
-const nodeBuiltins = [...builtinModules, ...builtinModules.map((m) => `node:${m}`)];
+const root = import.meta.dirname;
+const nodeBuiltins = new Set([...builtinModules, ...builtinModules.map((m) => `node:${m}`)]);
+/** Packages that do I/O or need a Node/Electron runtime. */
+const ioPackages = new Set(['commander', 'electron', 'node-ipc', 'chokidar', 'pino']);
 
-/** Modules that do I/O: banned in pure code (`src/shared`, any `common/` folder) and the renderer. */
-const ioModules = [...nodeBuiltins, 'pino', 'commander', 'electron'];
+/** Which runtime a repository file belongs to, from its path. */
+function layerOf(file) {
+  const p = file.split(sep).join('/');
+  if (p.startsWith('src/shared/') || /^src\/.*\/common\//.test(p)) return 'pure';
+  if (p.startsWith('src/renderer/')) return 'browser';
+  if (/^src\/(migrator|display|interaction-detect)\//.test(p)) return 'library';
+  if (p.startsWith('electron/')) return 'electron';
+  return 'any';
+}
 
-const banned = (names, message) => names.map((name) => ({ name, message }));
+const messages = {
+  pureIo: 'Pure modules (src/shared, common/ folders) do no I/O, so they run anywhere and are tested on recorded data: "{{source}}" is not allowed here.',
+  pureImport: 'Pure modules may import only other pure modules (src/shared, common/ folders): "{{source}}" is {{layer}} code.',
+  browserIo: 'The renderer runs in a browser sandbox: no Node built-ins or I/O packages ("{{source}}"). Go through the API contract in src/shared.',
+  browserImport: 'The renderer may import only src/shared, pure common/ modules and itself: "{{source}}" is {{layer}} code.',
+  libraryUp: 'Libraries below the agent never import the agent (src/main) or the renderer: "{{source}}".',
+  electronImport: 'The Electron shell imports only the API contract (src/shared) and pure modules: "{{source}}" is {{layer}} code.',
+};
+
+const layeringRule = {
+  meta: { type: 'problem', schema: [], messages },
+  create(context) {
+    const fromFile = relative(root, context.filename);
+    const from = layerOf(fromFile);
+    if (from === 'any') return {};
+    const check = (node, source) => {
+      if (typeof source !== 'string') return;
+      const report = (messageId, data = {}) => context.report({ node, messageId, data: { source, ...data } });
+      const relativeSpecifier = source.startsWith('.');
+      if (!relativeSpecifier) {
+        const pkg = source.startsWith('@') ? source.split('/').slice(0, 2).join('/') : source.split('/')[0];
+        const io = nodeBuiltins.has(source) || nodeBuiltins.has(pkg) || ioPackages.has(pkg);
+        if (io && from === 'pure') report('pureIo');
+        if (io && from === 'browser') report('browserIo');
+        return;
+      }
+      const target = relative(root, resolve(dirname(context.filename), source));
+      const to = layerOf(target);
+      const toMain = target.startsWith(`src${sep}main`);
+      if (from === 'pure' && to !== 'pure') report('pureImport', { layer: toMain ? 'agent' : to });
+      if (from === 'browser' && to !== 'pure' && to !== 'browser') report('browserImport', { layer: toMain ? 'agent' : to });
+      if (from === 'library' && (toMain || to === 'browser')) report('libraryUp');
+      if (from === 'electron' && to !== 'pure' && to !== 'electron') report('electronImport', { layer: toMain ? 'agent' : to });
+    };
+    return {
+      ImportDeclaration: (node) => check(node.source, node.source.value),
+      ExportNamedDeclaration: (node) => node.source && check(node.source, node.source.value),
+      ExportAllDeclaration: (node) => check(node.source, node.source.value),
+      ImportExpression: (node) => node.source.type === 'Literal' && check(node.source, node.source.value),
+    };
+  },
+};
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', '.cache/**', 'test/fixtures/**', 'guest/out/**'] },
+  { ignores: ['node_modules/**', '.cache/**', 'test/fixtures/**', 'test-results/**'] },
   js.configs.recommended,
   ...tseslint.configs.strict,
   {
     files: ['**/*.ts', '**/*.tsx'],
+    plugins: { snowbird: { rules: { layering: layeringRule } } },
     rules: {
+      'snowbird/layering': 'error',
       '@typescript-eslint/consistent-type-imports': 'error',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
-    },
-  },
-  {
-    files: ['src/renderer/**'],
-    rules: {
-      'no-restricted-imports': ['error', {
-        paths: banned(ioModules, 'The renderer runs in a browser sandbox: no Node built-ins or I/O modules. Go through the API in src/shared.'),
-        patterns: [{ group: ['**/main/**', '**/migrator/**', '**/display/**', '**/interaction-detect/**', '!**/common/**'], message: 'The renderer may import only src/shared and pure common/ modules.' }],
-      }],
-    },
-  },
-  {
-    files: ['src/shared/**', 'src/**/common/**'],
-    rules: {
-      'no-restricted-imports': ['error', {
-        paths: banned(ioModules, 'Pure modules (src/shared, common/ folders) do no I/O, so they can be tested on recorded data and run in any runtime.'),
-        patterns: [{ group: ['**/main/**', '**/renderer/**', '**/migrator/*', '**/display/*', '**/interaction-detect/*', '!**/common/**', '!**/shared/**'], message: 'Pure modules may import only other pure modules (src/shared, common/).' }],
-      }],
-    },
-  },
-  {
-    files: ['src/migrator/**', 'src/display/**', 'src/interaction-detect/**'],
-    ignores: ['src/**/common/**'],
-    rules: {
-      'no-restricted-imports': ['error', {
-        patterns: [{ group: ['**/main/**', '**/renderer/**'], message: 'Libraries below the agent never import the agent (src/main) or the renderer.' }],
-      }],
     },
   },
 );

@@ -1,0 +1,60 @@
+// `npm test`: type-check, lint, then unit and integration tests, ending with one summary line
+// "N passed, N failed, N skipped" (steps that are not test files count as one test each).
+import { spawnSync } from 'node:child_process';
+import { glob } from 'node:fs/promises';
+import { run } from 'node:test';
+import { spec } from 'node:test/reporters';
+import { resolve } from 'node:path';
+import { finished } from 'node:stream/promises';
+
+const root = resolve(import.meta.dirname, '..');
+const bin = (name: string): string => resolve(root, 'node_modules', '.bin', name);
+
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+
+function step(title: string, command: string, args: string[]): void {
+  process.stdout.write(`\n▶ ${title}: ${[command.replace(`${root}/`, ''), ...args].join(' ')}\n`);
+  const result = spawnSync(command, args, { cwd: root, stdio: 'inherit' });
+  if (result.status === 0) {
+    passed += 1;
+    process.stdout.write(`✔ ${title}\n`);
+  } else {
+    failed += 1;
+    process.stdout.write(`✖ ${title} failed\n`);
+  }
+}
+
+step('type-check (node)', bin('tsc'), ['-p', 'tsconfig.json', '--noEmit']);
+step('type-check (browser)', bin('tsc'), ['-p', 'tsconfig.browser.json', '--noEmit']);
+step('lint', bin('eslint'), ['.']);
+
+const only = process.argv.slice(2);
+const patterns = only.length > 0 ? only : ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts'];
+const files: string[] = [];
+for (const pattern of patterns) {
+  for await (const file of glob(pattern, { cwd: root })) files.push(resolve(root, file));
+}
+files.sort();
+
+process.stdout.write(`\n▶ tests: ${files.length} files\n`);
+// One file at a time: integration tests boot QEMU guests under TCG and the machine has two cores.
+const stream = run({ files, concurrency: 1, cwd: root });
+stream.on('test:pass', (data) => {
+  if (data.details.type === 'suite') return;
+  if (data.skip || data.todo) skipped += 1;
+  else passed += 1;
+});
+stream.on('test:fail', (data) => {
+  // A suite fails when a test inside fails (already counted) or when its own hook fails (count it).
+  const error = data.details.error as { failureType?: string };
+  if (data.details.type === 'suite' && error.failureType === 'subtestsFailed') return;
+  failed += 1;
+});
+const report = stream.compose(spec);
+report.pipe(process.stdout, { end: false });
+await finished(report);
+
+process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`);
+process.exitCode = failed === 0 ? 0 : 1;

@@ -1,0 +1,188 @@
+#!/usr/bin/env node
+// `snowbird`: the command-line interface and this process's composition root. Commands parse their
+// options here and call the operations in vm-service / guest; errors become exit codes in one place.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { readFile, stat } from 'node:fs/promises';
+import { watch } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { buildGuest, findBuiltGuest, GuestBuildError } from '../../guest/build.ts';
+import { VmLibrary, defaultDataDir } from './vm-library.ts';
+import { pauseVm, startVm, stopVm, vmStatus, type VmStatusReport } from './vm-service.ts';
+import { formatIntegrity, formatTable } from './format.ts';
+
+const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
+const DEFAULT_CACHE = join(REPO_ROOT, '.cache');
+
+function positiveInt(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('must be a positive whole number');
+  return n;
+}
+
+function library(command: Command): VmLibrary {
+  const { data } = command.optsWithGlobals<{ data: string }>();
+  return new VmLibrary(resolve(data));
+}
+
+function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+const program = new Command('snowbird')
+  .description('Moves a running VM between your laptop (edge) and a server (core) as the work inside it changes.')
+  .addOption(new Option('--data <dir>', 'data directory holding the VM library').default(defaultDataDir(), '$SNOWBIRD_DATA or ~/.local/share/snowbird'))
+  .showHelpAfterError()
+  .configureHelp({ showGlobalOptions: true });
+
+const guest = program.command('guest').description('the demo guest: a Debian kernel and a busybox userland that check their own memory and disk');
+guest
+  .command('build')
+  .description('build the demo guest from Debian packages (cached by content hash; rebuilt only when its sources change)')
+  .option('--cache <dir>', 'where downloads and built guests are kept', DEFAULT_CACHE)
+  .option('--force', 'rebuild even if a build with the same content hash exists', false)
+  .action(async (opts: { cache: string; force: boolean }) => {
+    const artifacts = await buildGuest({
+      cacheDir: resolve(opts.cache),
+      force: opts.force,
+      onProgress: (p) => process.stderr.write(`[${p.done}/${p.total}] ${p.step}${p.detail ? `: ${p.detail}` : ''}\n`),
+    });
+    process.stdout.write(`demo guest ready (kernel ${artifacts.kernelVersion})\n  kernel: ${artifacts.kernel}\n  initrd: ${artifacts.initrd}\n  manifest: ${artifacts.manifest}\n`);
+  });
+
+const vm = program.command('vm').description('create, start, inspect and stop VMs at this site');
+
+vm.command('create')
+  .description('create a VM running the demo guest, with a fresh qcow2 disk')
+  .argument('<name>', 'VM name: lowercase letters, digits, "-" and "_"')
+  .option('--memory <MiB>', 'guest RAM in MiB', positiveInt, 256)
+  .option('--vcpus <n>', 'virtual CPUs', positiveInt, 1)
+  .option('--disk-size <size>', 'virtual disk size (qemu-img syntax: 512M, 2G)', '1G')
+  .addOption(new Option('--accel <accel>', 'accelerator; auto probes KVM and falls back to TCG').choices(['auto', 'kvm', 'tcg']).default('auto'))
+  .option('--mem-workload <MiB>', 'MiB of guest memory the memory-invariant workload keeps under test', positiveInt, 64)
+  .option('--disk-workload <blocks>', '4 KiB disk blocks the disk-invariant workload keeps under test', positiveInt, 4096)
+  .option('--cpu-limit <percent>', 'cap the VM at this percent of one host CPU (cgroup quota)', positiveInt)
+  .option('--cache <dir>', 'where the built demo guest is found', DEFAULT_CACHE)
+  .option('--force', 'replace an existing VM of that name (its disk is lost)', false)
+  .action(async (name: string, opts: { memory: number; vcpus: number; diskSize: string; accel: 'auto' | 'kvm' | 'tcg'; memWorkload: number; diskWorkload: number; cpuLimit?: number; cache: string; force: boolean }, command: Command) => {
+    const artifacts = await findBuiltGuest(resolve(opts.cache));
+    if (artifacts === undefined) throw new GuestBuildError(`no demo guest is built in ${opts.cache}`, 'snowbird guest build');
+    if (opts.memWorkload >= opts.memory) throw new InvalidArgumentError(`--mem-workload (${opts.memWorkload} MiB) must be smaller than --memory (${opts.memory} MiB)`);
+    const spec = await library(command).create({
+      name,
+      memoryMiB: opts.memory,
+      vcpus: opts.vcpus,
+      diskSize: opts.diskSize,
+      accel: opts.accel,
+      kernel: artifacts.kernel,
+      initrd: artifacts.initrd,
+      memWorkloadMiB: opts.memWorkload,
+      diskWorkloadBlocks: opts.diskWorkload,
+      force: opts.force,
+      ...(opts.cpuLimit === undefined ? {} : { cpuLimitPercent: opts.cpuLimit }),
+    });
+    process.stdout.write(`created VM "${spec.name}": ${spec.memoryMiB} MiB, ${spec.vcpus} vCPU, disk ${spec.disk}\n`);
+  });
+
+vm.command('start')
+  .description('boot a VM and wait until the guest reports ready; the VM keeps running after this command exits')
+  .argument('<name>', 'VM name')
+  .option('--paused', 'start with the vCPUs stopped (resume with `snowbird vm resume`)', false)
+  .option('--no-wait', 'return as soon as QEMU is up, without waiting for the guest')
+  .action(async (name: string, opts: { paused: boolean; wait: boolean }, command: Command) => {
+    const result = await startVm(library(command), name, { paused: opts.paused, waitReady: opts.wait && !opts.paused });
+    process.stdout.write(
+      `VM "${name}" is ${opts.paused ? 'paused' : 'running'} (QEMU pid ${result.pid}, ${result.accel.accel}: ${result.accel.reason})\n` +
+        (result.readySeconds === undefined ? '' : `guest ready after ${result.readySeconds.toFixed(1)} s\n`) +
+        `display: VNC on unix socket ${result.vncSocket}\n` +
+        `check it: snowbird vm status ${name}    stop it: snowbird vm stop ${name}\n`,
+    );
+  });
+
+vm.command('stop')
+  .description('power the VM off cleanly (guest poweroff, then QEMU quit); --force kills it at once')
+  .argument('<name>', 'VM name')
+  .option('--force', 'kill QEMU immediately (the guest does not flush)', false)
+  .option('--timeout <seconds>', 'how long the guest may take to power off before QEMU is told to quit', positiveInt, 15)
+  .action(async (name: string, opts: { force: boolean; timeout: number }, command: Command) => {
+    const outcome = await stopVm(library(command), name, { force: opts.force, graceMs: opts.timeout * 1000 });
+    process.stdout.write(outcome === 'stopped' ? `VM "${name}" stopped\n` : `VM "${name}" was not running\n`);
+  });
+
+vm.command('pause')
+  .description('stop the VM\'s vCPUs (QEMU keeps its state)')
+  .argument('<name>', 'VM name')
+  .action(async (name: string, _opts: unknown, command: Command) => {
+    await pauseVm(library(command), name, true);
+    process.stdout.write(`VM "${name}" paused\n`);
+  });
+
+vm.command('resume')
+  .description('restart a paused VM\'s vCPUs')
+  .argument('<name>', 'VM name')
+  .action(async (name: string, _opts: unknown, command: Command) => {
+    await pauseVm(library(command), name, false);
+    process.stdout.write(`VM "${name}" running\n`);
+  });
+
+vm.command('list')
+  .description('list the VMs at this site and their state')
+  .option('--json', 'print JSON for scripts', false)
+  .action(async (opts: { json: boolean }, command: Command) => {
+    const lib = library(command);
+    const reports: VmStatusReport[] = [];
+    for (const name of await lib.list()) reports.push(await vmStatus(lib, name));
+    if (opts.json) return printJson(reports);
+    if (reports.length === 0) return void process.stdout.write(`no VMs in ${lib.dataDir}; create one with 'snowbird vm create demo'\n`);
+    process.stdout.write(formatTable(['NAME', 'STATE', 'SITE', 'PID', 'ACCEL', 'MEMORY', 'VCPUS'],
+      reports.map((r) => [r.name, r.state, r.site, r.pid?.toString() ?? '-', r.accel ?? '-', `${r.memoryMiB} MiB`, String(r.vcpus)])));
+  });
+
+vm.command('status')
+  .description('show where and how a VM runs, with the guest\'s latest integrity report (memory and disk heartbeats, violations)')
+  .argument('<name>', 'VM name')
+  .option('--json', 'print JSON for scripts', false)
+  .option('--sample <seconds>', 'how long to listen for the guest\'s heartbeats', positiveInt, 3)
+  .action(async (name: string, opts: { json: boolean; sample: number }, command: Command) => {
+    const report = await vmStatus(library(command), name, { sampleMs: opts.sample * 1000 });
+    if (opts.json) return printJson(report);
+    const lines = [
+      `VM ${report.name}: ${report.state}${report.qemuStatus ? ` (QEMU: ${report.qemuStatus})` : ''} at the ${report.site}`,
+      `  pid ${report.pid ?? '-'}, accel ${report.accel ?? '-'}, started ${report.startedAt ?? '-'}`,
+      `  ${report.memoryMiB} MiB, ${report.vcpus} vCPU, disk ${report.disk}`,
+      `  display: VNC on ${report.vncSocket}`,
+      ...(report.integrity ? formatIntegrity(report.integrity) : []),
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  });
+
+vm.command('console')
+  .description('print the guest\'s serial console (kernel and init messages)')
+  .argument('<name>', 'VM name')
+  .option('-f, --follow', 'keep printing new output until interrupted', false)
+  .action(async (name: string, opts: { follow: boolean }, command: Command) => {
+    const log = library(command).paths(name).serialLog;
+    let offset = 0;
+    const printNew = async (): Promise<void> => {
+      const text = await readFile(log).catch(() => Buffer.alloc(0));
+      if (text.length > offset) process.stdout.write(text.subarray(offset));
+      offset = text.length;
+    };
+    await stat(log).catch(() => {
+      throw new Error(`VM "${name}" has no console log yet (${log}); start it with 'snowbird vm start ${name}'`);
+    });
+    await printNew();
+    if (opts.follow) {
+      const watcher = watch(log, () => void printNew());
+      await new Promise<void>((done) => process.once('SIGINT', () => done()));
+      watcher.close();
+    }
+  });
+
+try {
+  await program.parseAsync(process.argv);
+} catch (error) {
+  const err = error as Error & { command?: string };
+  process.stderr.write(`snowbird: ${err.message}\n`);
+  if (err.command) process.stderr.write(`  run: ${err.command}\n`);
+  process.exitCode = 1;
+}

@@ -1,0 +1,58 @@
+// Caps a QEMU process's CPU with a cgroup CPU quota. snowbird uses it to make the edge the slower
+// site on one machine (tests, benchmarks); users can use it to keep a VM from starving the laptop.
+import { mkdir, writeFile, access, rmdir } from 'node:fs/promises';
+import { CpuLimitError } from './errors.ts';
+
+const CGROUP_V1_CPU = '/sys/fs/cgroup/cpu';
+const CGROUP_V2 = '/sys/fs/cgroup';
+const PERIOD_US = 100_000;
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function groupName(vm: string): string {
+  return `snowbird-${vm}`;
+}
+
+/** Moves every thread of `pid` into a cgroup limited to `percent` of one CPU (100 = one full core). */
+export async function applyCpuLimit(vm: string, pid: number, percent: number): Promise<string> {
+  if (!(percent > 0 && percent <= 100_000)) throw new CpuLimitError(`limit must be a positive percentage, got ${percent}`);
+  const quota = Math.max(1000, Math.round((PERIOD_US * percent) / 100));
+  try {
+    if (await exists(`${CGROUP_V1_CPU}/cpu.cfs_quota_us`)) {
+      const dir = `${CGROUP_V1_CPU}/${groupName(vm)}`;
+      await mkdir(dir, { recursive: true });
+      await writeFile(`${dir}/cpu.cfs_period_us`, String(PERIOD_US));
+      await writeFile(`${dir}/cpu.cfs_quota_us`, String(quota));
+      await writeFile(`${dir}/cgroup.procs`, String(pid));
+      return dir;
+    }
+    if (await exists(`${CGROUP_V2}/cgroup.controllers`)) {
+      const dir = `${CGROUP_V2}/${groupName(vm)}`;
+      await mkdir(dir, { recursive: true });
+      await writeFile(`${dir}/cpu.max`, `${quota} ${PERIOD_US}`);
+      await writeFile(`${dir}/cgroup.procs`, String(pid));
+      return dir;
+    }
+  } catch (cause) {
+    throw new CpuLimitError(`writing the cgroup failed (${(cause as Error).message}); this needs root or a delegated cgroup`, { cause });
+  }
+  throw new CpuLimitError('no cgroup CPU controller is mounted (looked for cgroup v1 cpu and cgroup v2)');
+}
+
+/** Removes the VM's cgroup once its process has exited; a missing group is fine. */
+export async function removeCpuLimit(vm: string): Promise<void> {
+  for (const root of [CGROUP_V1_CPU, CGROUP_V2]) {
+    try {
+      await rmdir(`${root}/${groupName(vm)}`);
+    } catch {
+      // Not there, or not empty yet (the process is still exiting): nothing to clean.
+    }
+  }
+}
