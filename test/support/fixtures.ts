@@ -1,0 +1,96 @@
+// Fixtures for integration tests: the demo guest (built once, cached), a throwaway data directory,
+// and a booted VM with its control channel. Everything a fixture starts is torn down by `dispose`,
+// which tests call from `after` hooks so it runs pass or fail.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { spawn } from 'node:child_process';
+import { buildGuest, findBuiltGuest, type GuestArtifacts } from '../../guest/build.ts';
+import { VmLibrary, type CreateVmOptions } from '../../src/main/vm-library.ts';
+import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
+import type { GuestReport } from '../../src/shared/guest-protocol.ts';
+
+export const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
+
+export async function demoGuest(): Promise<GuestArtifacts> {
+  const cacheDir = join(REPO_ROOT, '.cache');
+  return (await findBuiltGuest(cacheDir)) ?? buildGuest({ cacheDir });
+}
+
+/** A data directory under /tmp (short, so unix socket paths stay under the kernel's limit). */
+export class TestSite {
+  readonly library: VmLibrary;
+  private constructor(dir: string) {
+    this.library = new VmLibrary(dir);
+  }
+
+  static async create(): Promise<TestSite> {
+    return new TestSite(await mkdtemp(join(tmpdir(), 'sb-')));
+  }
+
+  get dataDir(): string {
+    return this.library.dataDir;
+  }
+
+  async createDemoVm(name: string, overrides: Partial<CreateVmOptions> = {}): Promise<void> {
+    const guest = await demoGuest();
+    await this.library.create({
+      name,
+      memoryMiB: 192,
+      vcpus: 1,
+      diskSize: '64M',
+      accel: 'tcg',
+      kernel: guest.kernel,
+      initrd: guest.initrd,
+      memWorkloadMiB: 32,
+      diskWorkloadBlocks: 1024,
+      ...overrides,
+    });
+  }
+
+  /** Kills every QEMU this site's VMs run and deletes the data directory. */
+  async dispose(): Promise<void> {
+    for (const name of await this.library.list()) {
+      const pid = await readPidFile(this.library.paths(name).pidFile);
+      if (pid !== undefined && (await isAlive(pid))) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      }
+    }
+    await rm(this.dataDir, { recursive: true, force: true });
+  }
+}
+
+/** Runs the real CLI in a child process (as a user would) and returns its output. */
+export function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((done, fail) => {
+    const child = spawn(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'src', 'main', 'cli.ts'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('error', fail);
+    child.on('close', (code) => done({ code, stdout, stderr }));
+  });
+}
+
+export function heartbeatOf(kind: 'mem' | 'disk'): (r: GuestReport) => boolean {
+  return (r) => r.type === `${kind}-heartbeat`;
+}
+
+/** Waits for `count` heartbeats of each workload and returns the channel's integrity summary then. */
+export async function waitForHeartbeats(channel: GuestChannel, count: number, timeoutMs = 60_000): Promise<GuestChannel['integrity']> {
+  const start = channel.integrity;
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const now = channel.integrity;
+    if (now.memory.heartbeats - start.memory.heartbeats >= count && now.disk.heartbeats - start.disk.heartbeats >= count) return now;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`fewer than ${count} memory and disk heartbeats within ${timeoutMs} ms: ${JSON.stringify(channel.integrity)}`);
+}
+
