@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 import { spawn } from 'node:child_process';
 import { buildGuest, findBuiltGuest, type GuestArtifacts } from '../../guest/build.ts';
 import { VmLibrary, type CreateVmOptions } from '../../src/main/vm-library.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+import type { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import type { GuestReport } from '../../src/shared/guest-protocol.ts';
 

@@ -2,6 +2,7 @@
 // managing process restarted, pause/resume, graceful shutdown, kill. QEMU is driven only through QMP
 // on a unix socket; it runs daemonized so it outlives the agent or CLI that started it.
 import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { mkdir, rm, access } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { delimiter, join } from 'node:path';
@@ -70,14 +71,19 @@ function classify(qemuStatus: string): RunState {
   }
 }
 
-async function socketAnswers(path: string): Promise<boolean> {
-  try {
-    const client = await QmpClient.connect(path, { timeoutMs: 1000 });
-    await client.close();
-    return true;
-  } catch {
-    return false;
-  }
+/**
+ * True if something accepts connections on the socket. A plain connect, not a QMP handshake: QEMU
+ * serves one QMP client at a time and greets a second one only when the first leaves.
+ */
+function socketAccepts(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(path);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
 }
 
 export class VmHandle {
@@ -99,7 +105,7 @@ export class VmHandle {
     if (binary === undefined) throw new QemuNotFoundError(QEMU_BINARY);
 
     await mkdir(paths.dir, { recursive: true, mode: 0o700 });
-    if (await socketAnswers(paths.qmp)) {
+    if (await socketAccepts(paths.qmp)) {
       throw new VmSocketInUseError(paths.qmp, await readPidFile(paths.pidFile));
     }
     // Leftovers of a QEMU that died: QEMU refuses to bind over an existing socket file.

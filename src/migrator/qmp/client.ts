@@ -81,18 +81,22 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     this.#socket = socket;
     this.#decoder = decoder;
     this.greeting = greeting;
-    const closed = Promise.withResolvers<void>();
+    const closed = Promise.withResolvers<undefined>();
     this.#closedPromise = closed.promise;
     let socketError: Error | undefined;
     socket.on('data', (chunk: Buffer) => {
-      for (const message of this.#decoder.push(chunk)) this.#dispatch(message);
+      for (const message of this.#decoder.push(chunk)) {
+        // An 'event' listener may have closed us; the rest of the chunk is moot.
+        if (this.#closed) return;
+        this.#dispatch(message);
+      }
     });
     socket.on('error', (err) => {
       socketError = err;
     });
     socket.on('close', () => {
       this.#shutDown(socketError);
-      closed.resolve();
+      closed.resolve(undefined);
     });
     // readGreeting paused the socket so nothing was lost between its listener and ours.
     socket.resume();
@@ -299,10 +303,11 @@ async function openSocket(
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       const retryable = code === 'ENOENT' || code === 'ECONNREFUSED';
-      if (!retryable || performance.now() + delay > retryDeadline) {
+      const left = retryDeadline - performance.now();
+      if (!retryable || left <= 0) {
         throw new QmpConnectError(socketPath, connectFailureMessage(socketPath, code, err), err);
       }
-      await new Promise((resolve) => setTimeout(resolve, delay));
+      await new Promise((resolve) => setTimeout(resolve, Math.min(delay, left)));
     }
   }
 }
@@ -314,14 +319,15 @@ function connectOnce(socketPath: string, timeoutMs: number): Promise<Socket> {
       socket.destroy();
       reject(new Error(`connect did not complete within ${timeoutMs} ms`));
     }, timeoutMs);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.removeAllListeners('error');
-      resolve(socket);
-    });
-    socket.once('error', (err) => {
+    const onError = (err: Error): void => {
       clearTimeout(timer);
       reject(err);
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      resolve(socket);
     });
   });
 }
