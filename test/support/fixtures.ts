@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawn } from 'node:child_process';
-import { buildGuest, findBuiltGuest, type GuestArtifacts } from '../../guest/build.ts';
+import { buildGuest, type GuestArtifacts } from '../../guest/build.ts';
 import { VmLibrary, type CreateVmOptions } from '../../src/main/vm-library.ts';
 import type { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
@@ -13,9 +13,9 @@ import type { GuestReport } from '../../src/shared/guest-protocol.ts';
 
 export const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
 
-export async function demoGuest(): Promise<GuestArtifacts> {
-  const cacheDir = join(REPO_ROOT, '.cache');
-  return (await findBuiltGuest(cacheDir)) ?? buildGuest({ cacheDir });
+/** The demo guest built from the current sources (a cache hit costs about a second). */
+export function demoGuest(): Promise<GuestArtifacts> {
+  return buildGuest({ cacheDir: join(REPO_ROOT, '.cache') });
 }
 
 /** A data directory under /tmp (short, so unix socket paths stay under the kernel's limit). */
