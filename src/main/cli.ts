@@ -25,7 +25,8 @@ function library(command: Command): VmLibrary {
 }
 
 function printJson(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+  // Scripts get every key: an absent value is null, not a missing key.
+  process.stdout.write(`${JSON.stringify(value, (_key, v: unknown) => (v === undefined ? null : v), 2)}\n`);
 }
 
 const program = new Command('snowbird')

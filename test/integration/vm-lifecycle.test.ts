@@ -5,7 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { access } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import { TestSite, runCli, waitForHeartbeats } from '../support/fixtures.ts';
 import { VmHandle } from '../../src/migrator/qemu/vm.ts';
 import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
@@ -132,5 +132,24 @@ describe('VM lifecycle with the demo guest', () => {
       channel.close();
       await stopVm(site.library, VM, { force: true });
     }
+  });
+
+  test('--cpu-limit puts QEMU in a cgroup with that CPU quota, removed when the VM stops', async (t) => {
+    const cgroup = '/sys/fs/cgroup/cpu';
+    if (process.getuid?.() !== 0 || !(await access(`${cgroup}/cpu.cfs_quota_us`).then(() => true, () => false))) {
+      t.skip('needs root and a cgroup v1 cpu controller (as on the CI machines)');
+      return;
+    }
+    await site.createDemoVm('slow', { cpuLimitPercent: 25 });
+    const started = await startVm(site.library, 'slow', { waitReady: false });
+    const group = `${cgroup}/snowbird-slow`;
+    try {
+      assert.equal((await readFile(`${group}/cpu.cfs_quota_us`, 'utf8')).trim(), '25000');
+      assert.equal((await readFile(`${group}/cpu.cfs_period_us`, 'utf8')).trim(), '100000');
+      assert.ok((await readFile(`${group}/cgroup.procs`, 'utf8')).split('\n').includes(String(started.pid)));
+    } finally {
+      await stopVm(site.library, 'slow', { force: true });
+    }
+    await assert.rejects(access(group));
   });
 });

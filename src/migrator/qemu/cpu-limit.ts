@@ -1,6 +1,7 @@
 // Caps a QEMU process's CPU with a cgroup CPU quota. snowbird uses it to make the edge the slower
 // site on one machine (tests, benchmarks); users can use it to keep a VM from starving the laptop.
 import { mkdir, writeFile, access, rmdir } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { CpuLimitError } from './errors.ts';
 
 const CGROUP_V1_CPU = '/sys/fs/cgroup/cpu';
@@ -46,13 +47,21 @@ export async function applyCpuLimit(vm: string, pid: number, percent: number): P
   throw new CpuLimitError('no cgroup CPU controller is mounted (looked for cgroup v1 cpu and cgroup v2)');
 }
 
-/** Removes the VM's cgroup once its process has exited; a missing group is fine. */
+/**
+ * Removes the VM's cgroup after its process has exited; a missing group is fine. The kernel keeps a
+ * group busy for a moment after its last task dies (until it is reaped), hence the short retry.
+ */
 export async function removeCpuLimit(vm: string): Promise<void> {
   for (const root of [CGROUP_V1_CPU, CGROUP_V2]) {
-    try {
-      await rmdir(`${root}/${groupName(vm)}`);
-    } catch {
-      // Not there, or not empty yet (the process is still exiting): nothing to clean.
+    const dir = `${root}/${groupName(vm)}`;
+    for (let attempt = 0; attempt < 40; attempt++) {
+      try {
+        await rmdir(dir);
+        break;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EBUSY') break;
+        await sleep(50);
+      }
     }
   }
 }
