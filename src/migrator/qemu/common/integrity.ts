@@ -35,13 +35,18 @@ export function emptyIntegrity(): IntegritySummary {
 
 const MAX_ERRORS = 20;
 
+/** The guest's heartbeat carries its cumulative count, which also covers lines we did not see. */
+function withHeartbeat(w: WorkloadIntegrity, beat: { pass: number; violations: number }): WorkloadIntegrity {
+  return { ...w, heartbeats: w.heartbeats + 1, pass: beat.pass, violations: Math.max(w.violations, beat.violations) };
+}
+
+function withViolation(w: WorkloadIntegrity, description: string): WorkloadIntegrity {
+  return { ...w, violations: w.violations + 1, lastViolation: description };
+}
+
 export function foldIntegrity(summary: IntegritySummary, report: GuestReport): IntegritySummary {
   if (report.type === 'unparsed') return summary;
-  const next: IntegritySummary = {
-    ...summary,
-    memory: { ...summary.memory },
-    disk: { ...summary.disk },
-  };
+  const next: IntegritySummary = { ...summary };
   if ('uptime_ms' in report && typeof report.uptime_ms === 'number') {
     if (report.uptime_ms < summary.uptimeMs) next.rebooted = true;
     next.uptimeMs = report.uptime_ms;
@@ -51,22 +56,16 @@ export function foldIntegrity(summary: IntegritySummary, report: GuestReport): I
       next.ready = true;
       break;
     case 'mem-heartbeat':
-      next.memory.heartbeats += 1;
-      next.memory.pass = report.pass;
-      next.memory.violations = Math.max(next.memory.violations, report.violations);
+      next.memory = withHeartbeat(summary.memory, report);
       break;
     case 'mem-violation':
-      next.memory.violations += 1;
-      next.memory.lastViolation = `page ${report.page}: expected ${report.expected}, found ${report.found}`;
+      next.memory = withViolation(summary.memory, `page ${report.page}: expected ${report.expected}, found ${report.found}`);
       break;
     case 'disk-heartbeat':
-      next.disk.heartbeats += 1;
-      next.disk.pass = report.pass;
-      next.disk.violations = Math.max(next.disk.violations, report.violations);
+      next.disk = withHeartbeat(summary.disk, report);
       break;
     case 'disk-violation':
-      next.disk.violations += 1;
-      next.disk.lastViolation = `block ${report.block}: ${report.reason}`;
+      next.disk = withViolation(summary.disk, `block ${report.block}: ${report.reason}`);
       break;
     case 'error':
       next.errors = [...summary.errors, `${report.source}: ${report.detail}`].slice(-MAX_ERRORS);
