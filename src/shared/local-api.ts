@@ -1,0 +1,69 @@
+// The edge agent's local API: what the CLI (and later the app) may ask. One command union, validated
+// on arrival; replies and progress come back tagged with the request id.
+import { z } from 'zod';
+import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, migrationRecordSchema } from './migration.ts';
+
+const vmName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'VM names are 1-63 lowercase letters, digits, "-" or "_"');
+
+export const localCommandSchema = z.discriminatedUnion('cmd', [
+  z.object({ cmd: z.literal('status') }),
+  z.object({
+    cmd: z.literal('pair'),
+    url: z.string().max(512),
+    token: z.string().min(1).max(256),
+    fingerprint: z.string().max(200).optional(),
+  }),
+  z.object({
+    cmd: z.literal('migrate'),
+    vm: vmName,
+    to: z.enum(SITE_ROLES),
+    strategy: z.enum(MEMORY_STRATEGIES).optional(),
+    /** Memory stream cap in bytes/s. */
+    maxBandwidth: z.number().int().positive().optional(),
+    downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
+  }),
+  z.object({ cmd: z.literal('history'), vm: vmName.optional(), limit: z.number().int().positive().max(10_000).optional() }),
+]);
+export type LocalCommand = z.infer<typeof localCommandSchema>;
+
+export const vmLocationSchema = z.object({
+  name: z.string(),
+  /** The site that runs (or last ran) the VM; `moving` while a migration is under way. */
+  location: z.enum(['edge', 'core', 'moving', 'stopped']),
+  state: z.string(),
+});
+
+export const agentStatusSchema = z.object({
+  role: z.enum(SITE_ROLES),
+  site: z.string(),
+  fingerprint: z.string(),
+  listen: z.string().optional(),
+  peer: z.object({
+    paired: z.boolean(),
+    connected: z.boolean(),
+    name: z.string().optional(),
+    url: z.string().optional(),
+    fingerprint: z.string().optional(),
+  }),
+  vms: z.array(vmLocationSchema),
+  migrations: z.array(migrationProgressSchema),
+});
+export type AgentStatus = z.infer<typeof agentStatusSchema>;
+
+export interface LocalReplies {
+  status: AgentStatus;
+  pair: { peerName: string; fingerprint: string };
+  migrate: z.infer<typeof migrationRecordSchema>;
+  history: z.infer<typeof migrationRecordSchema>[];
+}
+
+export const localErrorSchema = z.object({ code: z.string(), message: z.string() });
+export type LocalError = z.infer<typeof localErrorSchema>;
+
+/** Wire messages on the local socket (node-ipc events). */
+export const localRequestSchema = z.object({ id: z.number().int().nonnegative(), command: z.unknown() });
+export const localResponseSchema = z.union([
+  z.object({ id: z.number().int(), ok: z.literal(true), result: z.unknown() }),
+  z.object({ id: z.number().int(), ok: z.literal(false), error: localErrorSchema }),
+]);
+export const localProgressSchema = z.object({ id: z.number().int(), progress: migrationProgressSchema });

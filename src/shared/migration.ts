@@ -1,0 +1,54 @@
+// Migration figures that cross process boundaries: progress while a move runs, and the record kept
+// in history and shown by the CLI and the app.
+import { z } from 'zod';
+
+export const SITE_ROLES = ['edge', 'core'] as const;
+export type SiteRole = (typeof SITE_ROLES)[number];
+
+export const MEMORY_STRATEGIES = ['precopy', 'hybrid', 'postcopy'] as const;
+
+export const MIGRATION_PHASES = ['plan', 'prepare', 'disk', 'memory', 'switchover', 'commit'] as const;
+export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
+
+export const migrationProgressSchema = z.object({
+  migrationId: z.string(),
+  vm: z.string(),
+  from: z.enum(SITE_ROLES),
+  to: z.enum(SITE_ROLES),
+  phase: z.enum(MIGRATION_PHASES),
+  /** Bytes sent so far in this phase. */
+  bytes: z.number().nonnegative(),
+  /** Bytes still to send in this phase, when known. */
+  remainingBytes: z.number().nonnegative().optional(),
+  /** Current rate in bytes per second. */
+  rate: z.number().nonnegative(),
+  etaSeconds: z.number().nonnegative().optional(),
+  elapsedMs: z.number().nonnegative(),
+});
+export type MigrationProgress = z.infer<typeof migrationProgressSchema>;
+
+export const migrationRecordSchema = z.object({
+  migrationId: z.string(),
+  vm: z.string(),
+  from: z.enum(SITE_ROLES),
+  to: z.enum(SITE_ROLES),
+  strategy: z.enum(MEMORY_STRATEGIES),
+  outcome: z.enum(['committed', 'aborted']),
+  /** When aborted: the phase that failed and what happened. */
+  failedPhase: z.enum(MIGRATION_PHASES).optional(),
+  error: z.string().optional(),
+  startedAt: z.string(),
+  totalMs: z.number().nonnegative(),
+  /** Guest paused at the source until it ran at the destination, as measured by the agents. */
+  downtimeMs: z.number().nonnegative().optional(),
+  /** QEMU's own downtime figure. */
+  qemuDowntimeMs: z.number().nonnegative().optional(),
+  phaseMs: z.partialRecord(z.enum(MIGRATION_PHASES), z.number().nonnegative()),
+  /** Bytes per phase (disk = block mirror, memory = RAM + device state). */
+  phaseBytes: z.partialRecord(z.enum(MIGRATION_PHASES), z.number().nonnegative()),
+  /** Bytes on the link per bridged stream (migration, nbd, ...). */
+  streamBytes: z.record(z.string(), z.number().nonnegative()),
+  /** QEMU's final query-migrate statistics, as reported. */
+  qemu: z.record(z.string(), z.unknown()).optional(),
+});
+export type MigrationRecord = z.infer<typeof migrationRecordSchema>;
