@@ -1,5 +1,6 @@
 // Plain-text formatting for the CLI.
 import type { IntegritySummary } from '../migrator/qemu/common/integrity.ts';
+import type { MigrationProgress, MigrationRecord } from '../shared/migration.ts';
 
 export function formatTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -15,5 +16,45 @@ export function formatIntegrity(integrity: IntegritySummary): string[] {
     `    memory: pass ${memory.pass}, ${memory.heartbeats} heartbeat(s) seen, ${memory.violations} violation(s)${memory.lastViolation ? ` — last: ${memory.lastViolation}` : ''}`,
     `    disk:   pass ${disk.pass}, ${disk.heartbeats} heartbeat(s) seen, ${disk.violations} violation(s)${disk.lastViolation ? ` — last: ${disk.lastViolation}` : ''}`,
     ...integrity.errors.map((e) => `    error: ${e}`),
+  ];
+}
+
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+
+export function formatBytes(bytes: number): string {
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
+}
+
+export function formatMs(ms: number): string {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+/** One line of a text progress bar: phase, bar, bytes, rate, ETA. */
+export function formatProgress(p: MigrationProgress, width = 24): string {
+  const total = p.remainingBytes === undefined ? undefined : p.bytes + p.remainingBytes;
+  const fraction = total ? Math.min(1, p.bytes / total) : 0;
+  const filled = Math.round(fraction * width);
+  const bar = total ? `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}%` : `[${'?'.repeat(width)}]`;
+  const eta = p.etaSeconds === undefined ? '' : ` ETA ${p.etaSeconds.toFixed(0)} s`;
+  return `${p.from}→${p.to} ${p.phase.padEnd(10)} ${bar} ${formatBytes(p.bytes)} at ${formatBytes(p.rate)}/s${eta}`;
+}
+
+export function formatMigrationSummary(r: MigrationRecord): string[] {
+  const head = r.outcome === 'committed'
+    ? `${r.vm} moved ${r.from} → ${r.to} (${r.strategy}) in ${formatMs(r.totalMs)}, downtime ${r.downtimeMs === undefined ? '?' : formatMs(r.downtimeMs)}`
+    : `${r.vm} did NOT move ${r.from} → ${r.to}: failed in phase ${r.failedPhase ?? '?'}: ${r.error ?? ''} — the VM still runs at the ${r.from}`;
+  const phases = Object.entries(r.phaseMs).map(([phase, ms]) => `${phase} ${formatMs(ms)}${r.phaseBytes[phase as keyof typeof r.phaseBytes] ? ` / ${formatBytes(r.phaseBytes[phase as keyof typeof r.phaseBytes] ?? 0)}` : ''}`);
+  const streams = Object.entries(r.streamBytes).map(([stream, bytes]) => `${stream} ${formatBytes(bytes)}`);
+  const total = Object.values(r.streamBytes).reduce((a, b) => a + b, 0);
+  return [
+    head,
+    `  phases:  ${phases.join(', ') || '-'}`,
+    `  on the link: ${formatBytes(total)} (${streams.join(', ') || '-'})`,
   ];
 }
