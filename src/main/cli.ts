@@ -8,7 +8,10 @@ import { join, resolve } from 'node:path';
 import { buildGuest, findBuiltGuest, GuestBuildError } from '../../guest/build.ts';
 import { VmLibrary, defaultDataDir } from './vm-library.ts';
 import { pauseVm, startVm, stopVm, vmStatus, type VmStatusReport } from './vm-service.ts';
-import { formatIntegrity, formatTable } from './format.ts';
+import { formatBytes, formatIntegrity, formatMigrationSummary, formatMs, formatProgress, formatTable } from './format.ts';
+import { LocalApiClient } from './local-api/client.ts';
+import { runAgent } from './agent.ts';
+import type { SiteRole } from '../shared/migration.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
 const DEFAULT_CACHE = join(REPO_ROOT, '.cache');
@@ -177,6 +180,135 @@ vm.command('console')
       await new Promise<void>((done) => process.once('SIGINT', () => done()));
       watcher.close();
     }
+  });
+
+
+function agentSocket(command: Command): string {
+  return join(library(command).dataDir, 'run', 'agent.sock');
+}
+
+async function withAgent<T>(command: Command, use: (client: LocalApiClient) => Promise<T>): Promise<T> {
+  const client = await LocalApiClient.connect(agentSocket(command));
+  try {
+    return await use(client);
+  } finally {
+    client.close();
+  }
+}
+
+function hostPort(value: string): string {
+  if (!/^[^\s:]+:\d{1,5}$/.test(value) && !/^\[[0-9a-f:]+\]:\d{1,5}$/i.test(value)) throw new InvalidArgumentError('expected HOST:PORT, e.g. 0.0.0.0:7443');
+  return value;
+}
+
+program
+  .command('agent')
+  .description('run the site agent in the foreground: hosts VMs, serves the local API (CLI, app) and the TLS peer API')
+  .addOption(new Option('--role <role>', 'edge = the laptop (display, policy, local API); core = the server').choices(['edge', 'core']).makeOptionMandatory())
+  .option('--listen <host:port>', 'where the peer API listens (TLS); the core must listen, the edge need not', hostPort)
+  .option('--embedded-core', 'edge only: also run a core agent on this machine (own data dir and port), paired automatically', false)
+  .option('--name <name>', 'this site\'s name, shown to its peer (default: role@hostname)')
+  .action(async (opts: { role: SiteRole; listen?: string; embeddedCore: boolean; name?: string }, command: Command) => {
+    if (opts.embeddedCore && opts.role !== 'edge') throw new InvalidArgumentError('--embedded-core is for the edge role');
+    const agent = await runAgent({
+      role: opts.role,
+      dataDir: library(command).dataDir,
+      embeddedCore: opts.embeddedCore,
+      ...(opts.listen === undefined ? {} : { listen: opts.listen }),
+      ...(opts.name === undefined ? {} : { name: opts.name }),
+      log: (line) => process.stderr.write(`${line}\n`),
+      announce: (event) => process.stdout.write(`${JSON.stringify(event)}\n`),
+    });
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    await agent.close();
+  });
+
+program
+  .command('pair')
+  .description('pair this edge with a core agent: pins the core\'s certificate fingerprint and trades the one-time token for a credential')
+  .argument('<url>', 'the core\'s peer address, https://HOST:PORT')
+  .requiredOption('--token <token>', 'the one-time pairing token the core printed')
+  .option('--fingerprint <sha256>', 'the core\'s certificate fingerprint, if you have it (otherwise trusted on first use)')
+  .action(async (url: string, opts: { token: string; fingerprint?: string }, command: Command) => {
+    const reply = await withAgent(command, (client) => client.request({ cmd: 'pair', url, token: opts.token, ...(opts.fingerprint ? { fingerprint: opts.fingerprint } : {}) }));
+    process.stdout.write(`paired with core "${reply.peerName}" (${reply.fingerprint})\n`);
+  });
+
+function bandwidth(value: string): number {
+  const mbit = Number(value);
+  if (!(mbit > 0)) throw new InvalidArgumentError('must be a positive number of Mbit/s');
+  return Math.round((mbit * 1_000_000) / 8);
+}
+
+program
+  .command('migrate')
+  .description('move a running VM to the other site, live; prints progress and a summary (time, downtime, bytes)')
+  .argument('<vm>', 'VM name')
+  .addOption(new Option('--to <site>', 'destination site').choices(['core', 'edge']).makeOptionMandatory())
+  .addOption(new Option('--strategy <strategy>', 'memory strategy: precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (short pre-copy, then post-copy)').choices(['precopy', 'hybrid', 'postcopy']))
+  .option('--bandwidth <Mbit/s>', 'cap the memory stream', bandwidth)
+  .option('--downtime <ms>', 'longest acceptable pause at switchover', positiveInt)
+  .option('--json', 'print the migration record as JSON', false)
+  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; json: boolean }, command: Command) => {
+    const interactive = process.stderr.isTTY && !opts.json;
+    let lastPhase = '';
+    const record = await withAgent(command, (client) =>
+      client.request(
+        {
+          cmd: 'migrate',
+          vm: vmName,
+          to: opts.to,
+          ...(opts.strategy ? { strategy: opts.strategy } : {}),
+          ...(opts.bandwidth ? { maxBandwidth: opts.bandwidth } : {}),
+          ...(opts.downtime ? { downtimeLimitMs: opts.downtime } : {}),
+        },
+        (progress) => {
+          if (interactive) process.stderr.write(`\r\x1b[2K${formatProgress(progress)}`);
+          else if (progress.phase !== lastPhase && !opts.json) process.stderr.write(`${formatProgress(progress)}\n`);
+          lastPhase = progress.phase;
+        },
+      ),
+    );
+    if (interactive) process.stderr.write('\n');
+    if (opts.json) printJson(record);
+    else process.stdout.write(`${formatMigrationSummary(record).join('\n')}\n`);
+    if (record.outcome !== 'committed') process.exitCode = 2;
+  });
+
+program
+  .command('status')
+  .description('this site\'s agent: role, peer, where each VM runs, migrations under way')
+  .option('--json', 'print JSON for scripts', false)
+  .action(async (opts: { json: boolean }, command: Command) => {
+    const status = await withAgent(command, (client) => client.request({ cmd: 'status' }));
+    if (opts.json) return printJson(status);
+    const peer = status.peer.paired ? `${status.peer.name ?? '?'} at ${status.peer.url ?? '?'} (${status.peer.connected ? 'connected' : 'NOT connected'})` : 'not paired (snowbird pair …)';
+    process.stdout.write(`${status.role} agent "${status.site}" ${status.fingerprint}\n  peer: ${peer}\n`);
+    if (status.vms.length > 0) process.stdout.write(formatTable(['VM', 'LOCATION', 'STATE'], status.vms.map((v) => [v.name, v.location, v.state])));
+    for (const m of status.migrations) process.stdout.write(`  moving: ${formatProgress(m)}\n`);
+  });
+
+program
+  .command('history')
+  .description('past migrations with their figures, newest first')
+  .option('--vm <name>', 'only this VM')
+  .option('--limit <n>', 'how many', positiveInt, 20)
+  .option('--json', 'print JSON for scripts', false)
+  .action(async (opts: { vm?: string; limit: number; json: boolean }, command: Command) => {
+    const records = await withAgent(command, (client) => client.request({ cmd: 'history', limit: opts.limit, ...(opts.vm ? { vm: opts.vm } : {}) }));
+    if (opts.json) return printJson(records);
+    if (records.length === 0) return void process.stdout.write('no migrations yet\n');
+    process.stdout.write(formatTable(
+      ['STARTED', 'VM', 'MOVE', 'STRATEGY', 'OUTCOME', 'TIME', 'DOWNTIME', 'BYTES'],
+      records.map((r) => [
+        r.startedAt.replace('T', ' ').slice(0, 19), r.vm, `${r.from}→${r.to}`, r.strategy,
+        r.outcome === 'committed' ? 'moved' : `failed (${r.failedPhase ?? '?'})`, formatMs(r.totalMs),
+        r.downtimeMs === undefined ? '-' : formatMs(r.downtimeMs), formatBytes(Object.values(r.streamBytes).reduce((a, b) => a + b, 0)),
+      ]),
+    ));
   });
 
 try {

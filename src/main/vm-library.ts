@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { checkVmName, vmPaths, type VmPaths, type VmSpec } from '../migrator/qemu/common/spec.ts';
 import { findExecutable } from '../migrator/qemu/vm.ts';
+import { vmSpecSchema } from '../shared/vm-spec.ts';
+import { SITE_ROLES, type SiteRole } from '../shared/migration.ts';
 import { QemuNotFoundError } from '../migrator/qemu/errors.ts';
 
 const run = promisify(execFile);
@@ -19,16 +21,6 @@ export class VmLibraryError extends Error {
   }
 }
 
-const vmSpecSchema = z.object({
-  name: z.string(),
-  memoryMiB: z.number().int().min(64).max(1024 * 1024),
-  vcpus: z.number().int().min(1).max(256),
-  accel: z.enum(['auto', 'kvm', 'tcg']),
-  boot: z.object({ kernel: z.string(), initrd: z.string(), append: z.string() }),
-  disk: z.string(),
-  cpuLimitPercent: z.number().positive().optional(),
-});
-
 const runtimeSchema = z.object({
   pid: z.number().int().positive(),
   accel: z.enum(['kvm', 'tcg']),
@@ -36,6 +28,8 @@ const runtimeSchema = z.object({
   startedAt: z.string(),
 });
 export type VmRuntime = z.infer<typeof runtimeSchema>;
+
+const siteSchema = z.object({ role: z.enum(SITE_ROLES) });
 
 /** Unix socket paths are limited to 107 bytes by the kernel (sun_path). */
 const MAX_SOCKET_PATH = 107;
@@ -121,6 +115,12 @@ export class VmLibrary {
     return spec;
   }
 
+  /** Records a VM's spec at this site (a VM that arrived by migration). */
+  async save(spec: VmSpec): Promise<void> {
+    await mkdir(this.vmDir(spec.name), { recursive: true, mode: 0o700 });
+    await writeJsonAtomic(join(this.vmDir(spec.name), 'vm.json'), vmSpecSchema.parse(spec));
+  }
+
   async exists(name: string): Promise<boolean> {
     try {
       await readFile(join(this.vmDir(name), 'vm.json'));
@@ -150,6 +150,20 @@ export class VmLibrary {
     } catch {
       return [];
     }
+  }
+
+  /** The role the agent on this data directory runs as (recorded when it starts); edge by default. */
+  async siteRole(): Promise<SiteRole> {
+    try {
+      return siteSchema.parse(JSON.parse(await readFile(join(this.dataDir, 'site.json'), 'utf8'))).role;
+    } catch {
+      return 'edge';
+    }
+  }
+
+  async saveSiteRole(role: SiteRole): Promise<void> {
+    await mkdir(this.dataDir, { recursive: true, mode: 0o700 });
+    await writeJsonAtomic(join(this.dataDir, 'site.json'), { role });
   }
 
   async saveRuntime(name: string, runtime: VmRuntime): Promise<void> {

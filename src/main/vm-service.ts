@@ -7,6 +7,7 @@ import { isAlive } from '../migrator/qemu/process-info.ts';
 import { emptyIntegrity, type IntegritySummary } from '../migrator/qemu/common/integrity.ts';
 import type { RunState } from '../migrator/qemu/vm.ts';
 import type { VmLibrary } from './vm-library.ts';
+import type { SiteRole } from '../shared/migration.ts';
 
 export interface StartResult {
   name: string;
@@ -49,8 +50,8 @@ export async function startVm(
 
 export interface VmStatusReport {
   name: string;
-  /** Where the VM runs. Until sites are paired every VM runs at this (edge) site. */
-  site: 'edge';
+  /** The site this data directory belongs to (the VM runs there when its state is not `stopped`). */
+  site: SiteRole;
   state: RunState | 'stopped';
   qemuStatus: string | undefined;
   pid: number | undefined;
@@ -74,7 +75,7 @@ export async function vmStatus(library: VmLibrary, name: string, options: { samp
   const runtime = await library.loadRuntime(name);
   const base: VmStatusReport = {
     name,
-    site: 'edge',
+    site: await library.siteRole(),
     state: 'stopped',
     qemuStatus: undefined,
     pid: undefined,

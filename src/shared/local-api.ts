@@ -1,9 +1,9 @@
 // The edge agent's local API: what the CLI (and later the app) may ask. One command union, validated
 // on arrival; replies and progress come back tagged with the request id.
 import { z } from 'zod';
+import { safeId } from './vm-spec.ts';
 import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, migrationRecordSchema } from './migration.ts';
 
-const vmName = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,62}$/, 'VM names are 1-63 lowercase letters, digits, "-" or "_"');
 
 export const localCommandSchema = z.discriminatedUnion('cmd', [
   z.object({ cmd: z.literal('status') }),
@@ -15,14 +15,14 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
   }),
   z.object({
     cmd: z.literal('migrate'),
-    vm: vmName,
+    vm: safeId,
     to: z.enum(SITE_ROLES),
     strategy: z.enum(MEMORY_STRATEGIES).optional(),
     /** Memory stream cap in bytes/s. */
     maxBandwidth: z.number().int().positive().optional(),
     downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
   }),
-  z.object({ cmd: z.literal('history'), vm: vmName.optional(), limit: z.number().int().positive().max(10_000).optional() }),
+  z.object({ cmd: z.literal('history'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
 ]);
 export type LocalCommand = z.infer<typeof localCommandSchema>;
 

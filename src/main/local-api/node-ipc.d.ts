@@ -14,8 +14,7 @@ declare module 'node-ipc' {
   }
 
   interface IpcServer {
-    on(event: 'connect', listener: (socket: Socket) => void): void;
-    on(event: 'socket.disconnected', listener: (socket: Socket) => void): void;
+    on(event: 'connect' | 'socket.disconnected', listener: (socket: Socket) => void): void;
     on(event: 'error', listener: (error: Error) => void): void;
     on(event: string, listener: (data: unknown, socket: Socket) => void): void;
     emit(socket: Socket, event: string, data: unknown): void;

@@ -1,0 +1,432 @@
+// Migrations as the agent runs them. Outbound: the orchestrator (src/migrator/orchestrator) runs at
+// the site the VM leaves, with a DestinationSite that talks to the peer over the link and bridges
+// QEMU's migration and NBD streams through it. Inbound: the peer's requests are served by a
+// MigrationDestination. Every migration, either way, ends up in the edge's history.
+import { createReadStream } from 'node:fs';
+import { mkdir, open, rm } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import type { PeerLink } from '../migrator/link/index.ts';
+import { bridgeListener, type BridgeListener } from '../migrator/link/index.ts';
+import { LayerStore } from '../migrator/layers/store.ts';
+import { ImageStore } from '../migrator/layers/images.ts';
+import { MigrationDestination, type IncomingVm } from '../migrator/orchestrator/destination.ts';
+import { migrateVm } from '../migrator/orchestrator/source.ts';
+import { MigrationError, type MigrationProgress as OrchestratorProgress, type MigrationResult } from '../migrator/orchestrator/common/types.ts';
+import type { DestinationSite, MigrationOptions, PlanReply, PlanRequest, PrepareReply, PrepareRequest, SwitchoverRequest } from '../migrator/site.ts';
+import { VmHandle } from '../migrator/qemu/vm.ts';
+import { isAlive } from '../migrator/qemu/process-info.ts';
+import { IMAGE_CHUNK_BYTES, PEER_EVENT_PROGRESS, peerMethods, type PeerParams } from '../shared/peer-api.ts';
+import { MIGRATION_PHASES, migrationProgressSchema, type MigrationProgress, type MigrationRecord, type SiteRole } from '../shared/migration.ts';
+import type { LocalCommand } from '../shared/local-api.ts';
+import { LocalApiError } from './local-api/server.ts';
+import type { History } from './history.ts';
+import type { AgentStore } from './store.ts';
+import type { VmLibrary } from './vm-library.ts';
+
+const STREAM_MIGRATION = 'migration';
+const STREAM_NBD = 'nbd';
+/** Switchover waits for the device state and a guest resume: generous, the stream may be slow. */
+const SWITCHOVER_TIMEOUT_MS = 10 * 60_000;
+
+interface PrepareWireReply {
+  nbdTarget: string;
+  nbdExport: string;
+  migrationTarget: string;
+}
+
+function targetIds(migrationId: string): { nbd: string; migration: string } {
+  return { nbd: `${migrationId}.${STREAM_NBD}`, migration: `${migrationId}.${STREAM_MIGRATION}` };
+}
+
+/** A DestinationSite on the other end of the link. */
+class RemoteDestination implements DestinationSite {
+  private readonly link: PeerLink;
+  private readonly runDir: string;
+  private bridges: { nbd: BridgeListener; migration: BridgeListener } | undefined;
+  private readonly extraBridges: BridgeListener[] = [];
+  /** Bytes of bridges already closed (their counters are kept after close). */
+  private closedBytes = { disk: 0, memory: 0 };
+
+  constructor(link: PeerLink, runDir: string) {
+    this.link = link;
+    this.runDir = runDir;
+  }
+
+  plan(request: PlanRequest): Promise<PlanReply> {
+    return this.link.request<PlanReply>('migration.plan', request);
+  }
+
+  async uploadImage(sha256: string, data: AsyncIterable<Uint8Array>): Promise<void> {
+    let offset = 0;
+    let pending = Buffer.alloc(0);
+    const send = async (chunk: Buffer, last: boolean): Promise<void> => {
+      await this.link.request('migration.image-chunk', { migrationId: 'image', sha256, offset, data: chunk.toString('base64'), last });
+      offset += chunk.length;
+    };
+    for await (const piece of data) {
+      pending = Buffer.concat([pending, piece]);
+      while (pending.length > IMAGE_CHUNK_BYTES) {
+        await send(pending.subarray(0, IMAGE_CHUNK_BYTES), false);
+        pending = pending.subarray(IMAGE_CHUNK_BYTES);
+      }
+    }
+    await send(pending, true);
+  }
+
+  async prepare(request: PrepareRequest): Promise<PrepareReply> {
+    const reply = await this.link.request<PrepareWireReply>('migration.prepare', request, { timeoutMs: 120_000 });
+    const short = request.migrationId.slice(0, 8);
+    await mkdir(this.runDir, { recursive: true, mode: 0o700 });
+    const nbd = await bridgeListener(this.link, join(this.runDir, `${short}-nbd.sock`), reply.nbdTarget);
+    const migration = await bridgeListener(this.link, join(this.runDir, `${short}-mig.sock`), reply.migrationTarget);
+    this.bridges = { nbd, migration };
+    return { nbdSocket: nbd.path, nbdExport: reply.nbdExport, migrationSocket: migration.path };
+  }
+
+  switchover(request: SwitchoverRequest): Promise<{ resumedAtMs: number }> {
+    return this.link.request('migration.switchover', request, { timeoutMs: SWITCHOVER_TIMEOUT_MS });
+  }
+
+  /** Post-copy broke after switchover: the destination listens again; bridge its new socket here. */
+  async recoverPostcopy(request: { migrationId: string }): Promise<{ migrationSocket: string }> {
+    const reply = await this.link.request<{ migrationTarget: string }>('migration.recover-postcopy', request, { timeoutMs: 60_000 });
+    const bridge = await bridgeListener(this.link, join(this.runDir, `${request.migrationId.slice(0, 8)}-r${Date.now() % 100000}.sock`), reply.migrationTarget);
+    this.extraBridges.push(bridge);
+    return { migrationSocket: bridge.path };
+  }
+
+  async commit(request: { migrationId: string }): Promise<void> {
+    await this.link.request('migration.commit', request, { timeoutMs: 120_000 });
+    await this.closeBridges();
+  }
+
+  async abort(request: { migrationId: string; reason: string }): Promise<void> {
+    try {
+      await this.link.request('migration.abort', request, { timeoutMs: 60_000 });
+    } finally {
+      await this.closeBridges();
+    }
+  }
+
+  /** Bytes that crossed the link per stream, counted by the bridges. */
+  wireBytes(): { disk: number; memory: number } {
+    const count = (b: BridgeListener | undefined): number => (b ? b.stats.bytesIn + b.stats.bytesOut : 0);
+    return {
+      disk: this.closedBytes.disk + count(this.bridges?.nbd),
+      memory: this.closedBytes.memory + count(this.bridges?.migration) + this.extraBridges.reduce((sum, b) => sum + count(b), 0),
+    };
+  }
+
+  async closeBridges(): Promise<void> {
+    this.closedBytes = this.wireBytes();
+    const bridges = this.bridges;
+    this.bridges = undefined;
+    await bridges?.nbd.close();
+    await bridges?.migration.close();
+    for (const bridge of this.extraBridges.splice(0)) await bridge.close();
+  }
+}
+
+export function toRecord(result: MigrationResult, from: SiteRole, to: SiteRole, streamBytes: Record<string, number>): MigrationRecord {
+  return {
+    migrationId: result.migrationId,
+    vm: result.vm,
+    from,
+    to,
+    strategy: result.strategy.requested,
+    outcome: 'committed',
+    startedAt: result.startedAt,
+    totalMs: result.totalMs,
+    downtimeMs: result.downtime.observedMs,
+    ...(result.downtime.qemuMs === undefined ? {} : { qemuDowntimeMs: result.downtime.qemuMs }),
+    phaseMs: result.phasesMs,
+    phaseBytes: result.bytes.perPhase,
+    streamBytes,
+    qemu: { ...result.qemu, snowbird: { strategyUsed: result.strategy.used, autoConverge: result.strategy.autoConverge, decisions: result.strategy.decisions, disk: result.disk } } as Record<string, unknown>,
+  };
+}
+
+function toProgress(p: OrchestratorProgress, from: SiteRole, to: SiteRole): MigrationProgress {
+  return {
+    migrationId: p.migrationId,
+    vm: p.vm,
+    from,
+    to,
+    phase: p.phase,
+    bytes: p.bytes.disk + p.bytes.memory,
+    remainingBytes: p.remainingBytes,
+    rate: p.rateBytesPerSec,
+    ...(p.etaMs === null ? {} : { etaSeconds: p.etaMs / 1000 }),
+    elapsedMs: p.elapsedMs,
+  };
+}
+
+export interface MigrationServiceDeps {
+  role: SiteRole;
+  dataDir: string;
+  library: VmLibrary;
+  store: AgentStore;
+  history: History;
+  log: (line: string) => void;
+}
+
+export class MigrationService {
+  private readonly deps: MigrationServiceDeps;
+  private readonly inFlight = new Set<string>();
+  private coreLink: (() => Promise<PeerLink>) | undefined;
+  private stores: Promise<{ layers: LayerStore; images: ImageStore; destination: MigrationDestination }> | undefined;
+
+  constructor(deps: MigrationServiceDeps) {
+    this.deps = deps;
+  }
+
+  private get peerRole(): SiteRole {
+    return this.deps.role === 'edge' ? 'core' : 'edge';
+  }
+
+  private get runDir(): string {
+    return join(this.deps.dataDir, 'run');
+  }
+
+  private open(): Promise<{ layers: LayerStore; images: ImageStore; destination: MigrationDestination }> {
+    this.stores ??= (async () => {
+      const layers = await LayerStore.open(join(this.deps.dataDir, 'layers'));
+      const images = await ImageStore.open(join(this.deps.dataDir, 'images'));
+      const destination = new MigrationDestination({
+        layers,
+        images,
+        vmsDir: join(this.deps.dataDir, 'vms'),
+        accel: 'tcg',
+        onCommitted: (vm) => this.adoptIncoming(vm),
+      });
+      return { layers, images, destination };
+    })();
+    return this.stores;
+  }
+
+  /** The edge tells the service how to reach its core. */
+  setCoreLink(get: () => Promise<PeerLink>): void {
+    this.coreLink = get;
+  }
+
+  /** Finishes or rolls back what a previous run of this agent left half done. */
+  async recover(): Promise<void> {
+    const { destination } = await this.open();
+    const incoming = await destination.recoverIncoming();
+    for (const journal of incoming) this.deps.log(`recovered incoming migration ${journal.migrationId}`);
+  }
+
+  /** Registers the peer API on a new link (both roles). */
+  attach(link: PeerLink): void {
+    const handle = <M extends keyof typeof peerMethods>(method: M, handler: (params: PeerParams<M>) => Promise<unknown>): void => {
+      link.handle(method, peerMethods[method], (params) => handler(params as PeerParams<M>));
+    };
+    const uploads = new Map<string, { file: string; size: number }>();
+    handle('migration.plan', async (p) => (await this.open()).destination.plan(p));
+    handle('migration.image-chunk', async (p) => {
+      const file = join(this.deps.dataDir, 'images', `.upload-${p.sha256}`);
+      const upload = uploads.get(p.sha256) ?? { file, size: 0 };
+      if (p.offset !== upload.size) throw new LocalApiError('invalid-params', `image chunk at ${p.offset}, expected ${upload.size}`);
+      const data = Buffer.from(p.data, 'base64');
+      const fh = await open(file, p.offset === 0 ? 'w' : 'a', 0o600);
+      await fh.write(data);
+      await fh.close();
+      upload.size += data.length;
+      uploads.set(p.sha256, upload);
+      if (p.last) {
+        uploads.delete(p.sha256);
+        try {
+          await (await this.open()).destination.uploadImage(p.sha256, createReadStream(file));
+        } finally {
+          await rm(file, { force: true });
+        }
+      }
+      return {};
+    });
+    handle('migration.prepare', async (p) => {
+      const reply = await (await this.open()).destination.prepare(p);
+      const targets = targetIds(p.migrationId);
+      link.exposeTarget(targets.nbd, reply.nbdSocket);
+      link.exposeTarget(targets.migration, reply.migrationSocket);
+      this.deps.store.getState().setVm({ name: p.spec.name, location: 'moving', state: 'incoming' });
+      return { nbdTarget: targets.nbd, nbdExport: reply.nbdExport, migrationTarget: targets.migration } satisfies PrepareWireReply;
+    });
+    handle('migration.switchover', async (p) => (await this.open()).destination.switchover(p));
+    handle('migration.recover-postcopy', async (p) => {
+      const { migrationSocket } = await (await this.open()).destination.recoverPostcopy(p);
+      const target = `${targetIds(p.migrationId).migration}.r${Date.now() % 100000}`;
+      link.exposeTarget(target, migrationSocket);
+      return { migrationTarget: target };
+    });
+    handle('migration.commit', async (p) => {
+      await (await this.open()).destination.commit(p);
+      this.unexpose(link, p.migrationId);
+      return {};
+    });
+    handle('migration.abort', async (p) => {
+      await (await this.open()).destination.abort(p);
+      this.unexpose(link, p.migrationId);
+      return {};
+    });
+    handle('vm.list', async () => this.localVms());
+    handle('vm.migrate-out', async (p) => {
+      const options: MigrationOptions = { strategy: p.options.strategy, ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}), ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}) };
+      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress));
+    });
+    // A link that drops before the guest resumed here leaves the VM at the source: tear down what
+    // we prepared. After the resume the guest is ours, whatever the source heard.
+    void link.whenClosed().then(async () => {
+      const { destination } = await this.open();
+      for (const journal of destination.active()) {
+        if (journal.step === 'resumed' || journal.step === 'switching') continue;
+        await destination.abort({ migrationId: journal.migrationId, reason: 'the link to the source closed' }).catch((error: unknown) => this.deps.log(`cleaning up migration ${journal.migrationId}: ${(error as Error).message}`));
+      }
+    });
+    link.on('event', (name, payload) => {
+      if (name !== PEER_EVENT_PROGRESS) return;
+      const progress = migrationProgressSchema.safeParse(payload);
+      if (progress.success) this.onProgress?.(progress.data);
+    });
+  }
+
+  private onProgress: ((p: MigrationProgress) => void) | undefined;
+
+  private unexpose(link: PeerLink, migrationId: string): void {
+    const targets = targetIds(migrationId);
+    link.unexposeTarget(targets.nbd);
+    link.unexposeTarget(targets.migration);
+  }
+
+  /** A VM that arrived here: record its spec and runtime so this site's `vm` commands see it. */
+  private async adoptIncoming(vm: IncomingVm): Promise<void> {
+    await this.deps.library.save(vm.spec);
+    await this.deps.library.saveRuntime(vm.name, { pid: vm.handle.pid, accel: 'tcg', accelReason: `arrived by migration ${vm.migrationId}`, startedAt: new Date().toISOString() });
+    this.deps.store.getState().setVm({ name: vm.name, location: this.deps.role, state: 'running' });
+    await vm.handle.detach();
+  }
+
+  /** VMs whose QEMU runs at this site. */
+  private async localVms(): Promise<{ name: string; state: string }[]> {
+    const running: { name: string; state: string }[] = [];
+    for (const name of await this.deps.library.list()) {
+      const runtime = await this.deps.library.loadRuntime(name);
+      if (runtime && (await isAlive(runtime.pid))) running.push({ name, state: 'running' });
+    }
+    return running;
+  }
+
+  /** Rebuilds the store's VM list: local VMs, and at the edge the ones the core runs. */
+  async refreshVms(): Promise<void> {
+    const local = new Map((await this.localVms()).map((v) => [v.name, v]));
+    let remote = new Map<string, { name: string; state: string }>();
+    if (this.deps.role === 'edge' && this.deps.store.getState().peer.connected && this.coreLink) {
+      try {
+        const link = await this.coreLink();
+        remote = new Map((await link.request<{ name: string; state: string }[]>('vm.list', {}, { timeoutMs: 5000 })).map((v) => [v.name, v]));
+      } catch {
+        // The core is away: its VMs show as stopped until it returns.
+      }
+    }
+    const moving = new Set(Object.values(this.deps.store.getState().migrations).map((m) => m.vm));
+    const names = new Set([...(await this.deps.library.list()), ...remote.keys()]);
+    const vms = [...names].map((name) => {
+      if (moving.has(name)) return { name, location: 'moving' as const, state: 'migrating' };
+      const here = local.get(name);
+      if (here) return { name, location: this.deps.role, state: here.state };
+      const there = remote.get(name);
+      if (there) return { name, location: this.peerRole, state: there.state };
+      return { name, location: 'stopped' as const, state: 'stopped' };
+    });
+    this.deps.store.setState({ vms: Object.fromEntries(vms.map((v) => [v.name, v])) });
+  }
+
+  /** The local API's `migrate`: from here to the peer, or (at the edge) asks the core to send it back. */
+  async migrate(command: Extract<LocalCommand, { cmd: 'migrate' }>, progress: (p: MigrationProgress) => void): Promise<MigrationRecord> {
+    if (this.deps.role !== 'edge' || !this.coreLink) throw new LocalApiError('wrong-role', 'migrations are started from the edge agent');
+    const link = await this.coreLink();
+    const options: MigrationOptions = {
+      strategy: command.strategy ?? (command.to === 'edge' ? 'hybrid' : 'precopy'),
+      ...(command.maxBandwidth ? { maxBandwidth: command.maxBandwidth } : {}),
+      ...(command.downtimeLimitMs ? { downtimeLimitMs: command.downtimeLimitMs } : {}),
+    };
+    const publish = (p: MigrationProgress): void => {
+      this.deps.store.getState().setProgress(p);
+      progress(p);
+    };
+    let record: MigrationRecord;
+    if (command.to === 'core') {
+      record = await this.migrateOut(command.vm, link, options, publish);
+    } else {
+      if (this.inFlight.has(command.vm)) throw new LocalApiError('busy', `VM "${command.vm}" is already moving`);
+      this.inFlight.add(command.vm);
+      this.onProgress = publish;
+      try {
+        record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { strategy: options.strategy, ...(options.maxBandwidth ? { maxBandwidth: options.maxBandwidth } : {}), ...(options.downtimeLimitMs ? { downtimeLimitMs: options.downtimeLimitMs } : {}) } }, { timeoutMs: 0 });
+      } finally {
+        this.onProgress = undefined;
+        this.inFlight.delete(command.vm);
+      }
+    }
+    for (const id of Object.keys(this.deps.store.getState().migrations)) this.deps.store.getState().endMigration(id);
+    this.deps.history.addMigration(record);
+    await this.refreshVms();
+    return record;
+  }
+
+  /** Runs the orchestrator for a VM that runs here, towards the peer on `link`. */
+  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void): Promise<MigrationRecord> {
+    if (this.inFlight.has(name)) throw new LocalApiError('busy', `VM "${name}" is already moving`);
+    const runtime = await this.deps.library.loadRuntime(name);
+    if (!runtime || !(await isAlive(runtime.pid))) throw new LocalApiError('not-running', `VM "${name}" is not running at the ${this.deps.role}`);
+    this.inFlight.add(name);
+    const from = this.deps.role;
+    const to = this.peerRole;
+    const migrationId = randomUUID();
+    const startedAt = new Date().toISOString();
+    const destination = new RemoteDestination(link, this.runDir);
+    let vm: VmHandle | undefined;
+    try {
+      const { layers } = await this.open();
+      const spec = await this.deps.library.load(name);
+      vm = await VmHandle.adopt(name, this.deps.library.paths(name));
+      const result = await migrateVm({
+        vm,
+        spec,
+        layers,
+        destination,
+        options,
+        migrationId,
+        from,
+        to,
+        wireBytes: () => destination.wireBytes(),
+        onProgress: (p) => progress(toProgress(p, from, to)),
+      });
+      const wire = destination.wireBytes();
+      return toRecord(result, from, to, { [STREAM_NBD]: wire.disk, [STREAM_MIGRATION]: wire.memory });
+    } catch (error) {
+      await destination.closeBridges();
+      const failure = error instanceof MigrationError ? error : undefined;
+      const wire = destination.wireBytes();
+      this.deps.log(`migration of ${name} ${from}→${to} failed: ${(error as Error).message}`);
+      return {
+        migrationId,
+        vm: name,
+        from,
+        to,
+        strategy: options.strategy,
+        outcome: 'aborted',
+        failedPhase: failure?.phase ?? MIGRATION_PHASES[0],
+        error: (error as Error).message,
+        startedAt,
+        totalMs: Date.now() - Date.parse(startedAt),
+        phaseMs: {},
+        phaseBytes: {},
+        streamBytes: { [STREAM_NBD]: wire.disk, [STREAM_MIGRATION]: wire.memory },
+      };
+    } finally {
+      await vm?.detach().catch(() => undefined);
+      this.inFlight.delete(name);
+    }
+  }
+}

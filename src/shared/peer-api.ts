@@ -1,0 +1,53 @@
+// The peer API between two site agents: one schema per method, checked by the link before a handler
+// runs. Names that end up in paths (VMs, layers, migrations) are restricted to a safe alphabet.
+import { z } from 'zod';
+import { MEMORY_STRATEGIES, SITE_ROLES } from './migration.ts';
+import { safeId, vmSpecSchema } from './vm-spec.ts';
+
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'expected a sha256 hex digest');
+/** Layer and migration ids: they name files in the layer store. */
+const layerId = z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/, 'ids are 1-64 lowercase letters, digits or "-"');
+
+const layerDescriptorSchema = z.object({
+  id: layerId,
+  leaves: z.array(layerId).min(1).max(4096),
+  checksum: z.string().regex(/^sha256:[0-9a-f]{64}$/).nullable(),
+  virtualSize: z.number().int().positive(),
+});
+
+export const migrationOptionsSchema = z.object({
+  strategy: z.enum(MEMORY_STRATEGIES),
+  maxBandwidth: z.number().int().positive().optional(),
+  downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
+});
+
+/** Max bytes of one image chunk (base64 in a JSON frame stays well under the frame limit). */
+export const IMAGE_CHUNK_BYTES = 512 * 1024;
+
+export const peerMethods = {
+  /** Destination side of a migration. */
+  'migration.plan': z.object({ migrationId: layerId, vm: safeId, chain: z.array(layerDescriptorSchema).max(64), bootImages: z.array(sha256).max(8) }),
+  'migration.image-chunk': z.object({ migrationId: layerId, sha256, offset: z.number().int().nonnegative(), data: z.string().max(Math.ceil(IMAGE_CHUNK_BYTES / 3) * 4 + 4), last: z.boolean() }),
+  'migration.prepare': z.object({
+    migrationId: layerId,
+    spec: vmSpecSchema,
+    bootImages: z.object({ kernel: sha256, initrd: sha256 }),
+    backingLayer: layerId.nullable(),
+    virtualSize: z.number().int().positive(),
+    postcopy: z.boolean(),
+  }),
+  'migration.switchover': z.object({ migrationId: layerId, layerId, layerLeaves: z.array(layerId).min(1).max(4096) }),
+  'migration.recover-postcopy': z.object({ migrationId: layerId }),
+  'migration.commit': z.object({ migrationId: layerId }),
+  'migration.abort': z.object({ migrationId: layerId, reason: z.string().max(4000) }),
+  /** Edge → core: send the VM back to the edge. */
+  'vm.migrate-out': z.object({ vm: safeId, to: z.enum(SITE_ROLES), options: migrationOptionsSchema }),
+  /** Either way: the VMs this site runs. */
+  'vm.list': z.object({}),
+} as const;
+
+export type PeerMethod = keyof typeof peerMethods;
+export type PeerParams<M extends PeerMethod> = z.infer<(typeof peerMethods)[M]>;
+
+/** One-way notifications. */
+export const PEER_EVENT_PROGRESS = 'migration.progress';
