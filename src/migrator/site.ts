@@ -1,31 +1,32 @@
 // What the migration orchestrator (running at the source site) needs from the destination site.
 // The agent implements it over the peer link (RPC + bridged streams); tests may implement it by
-// calling the destination-side functions in-process. Every path in a reply is a unix socket on the
-// SOURCE side's filesystem, already bridged to the destination when the sites are apart.
+// calling the destination-side functions (orchestrator/destination.ts) in-process. Every path in a
+// reply is a unix socket on the SOURCE side's filesystem, already bridged to the destination when
+// the sites are apart. Every request is validated by the destination (ids: [a-z0-9-]).
 import type { VmSpec } from './qemu/common/spec.ts';
+import type { LayerDescriptor } from './layers/common/model.ts';
 
-export type MemoryStrategy = 'precopy' | 'hybrid' | 'postcopy';
-
-export interface MigrationOptions {
-  strategy: MemoryStrategy;
-  /** Cap for the memory stream in bytes/s; undefined = unlimited. */
-  maxBandwidth?: number;
-  /** QEMU's downtime-limit in ms. */
-  downtimeLimitMs?: number;
-}
+export type { LayerDescriptor } from './layers/common/model.ts';
+export type { MemoryStrategy, MigrationOptions } from './orchestrator/common/types.ts';
 
 export interface PlanRequest {
   migrationId: string;
   vm: string;
   /** The source's immutable disk layers, bottom first (the top overlay is not in it). */
-  chain: string[];
+  chain: LayerDescriptor[];
   /** sha256 of the boot files (kernel, initrd) the VM needs. */
   bootImages: string[];
 }
 
 export interface PlanReply {
-  /** Which of the requested layers the destination holds (verified). */
+  /**
+   * The destination's own layers, bottom first, that together hold exactly the content of the
+   * requested chain (matched by leaves, so a chain compacted differently still matches), verified.
+   * Empty when the chain is empty or when no match was found.
+   */
   heldLayers: string[];
+  /** True if `heldLayers` reproduce the whole chain: only the top needs to travel. */
+  complete: boolean;
   /** Boot images the destination lacks; the source sends them before prepare. */
   missingImages: string[];
 }
@@ -34,6 +35,8 @@ export interface PrepareRequest {
   migrationId: string;
   /** The source's spec; the destination substitutes its own disk and boot-file paths. */
   spec: VmSpec;
+  /** sha256 of spec.boot.kernel and spec.boot.initrd (the destination's copies are named by them). */
+  bootImages: { kernel: string; initrd: string };
   /** Top-most held layer to put the new overlay on; null = a standalone overlay (full disk copy). */
   backingLayer: string | null;
   /** The disk's virtual size in bytes. */
@@ -50,8 +53,14 @@ export interface PrepareReply {
 
 export interface SwitchoverRequest {
   migrationId: string;
-  /** The id the received overlay takes as an immutable layer (the source freezes its top under the same id). */
+  /**
+   * The id the received overlay takes as an immutable layer. When only the top was mirrored the
+   * source freezes its top under the same id; after a full copy the received layer stands for the
+   * whole chain (id `f-<top's id>`, leaves = every leaf of the chain + the top's).
+   */
   layerId: string;
+  /** What the received layer holds, as leaf ids (see layers/common/model.ts). */
+  layerLeaves: string[];
 }
 
 export interface DestinationSite {
@@ -65,6 +74,12 @@ export interface DestinationSite {
    * over the received one, resumes the guest and answers once it runs.
    */
   switchover(request: SwitchoverRequest): Promise<{ resumedAtMs: number }>;
+  /**
+   * Post-copy only, after switchover: the memory stream broke (both QEMUs are `postcopy-paused`).
+   * The destination listens again (`migrate-recover`) and answers the (bridged) socket the source
+   * resumes the stream on.
+   */
+  recoverPostcopy(request: { migrationId: string }): Promise<{ migrationSocket: string }>;
   /** The source has released its copy: the destination's ownership of the VM is final. */
   commit(request: { migrationId: string }): Promise<void>;
   /** Tear down everything `prepare` made. Idempotent; valid in every state before commit. */

@@ -66,7 +66,7 @@ test('unknown commands, bad names and bad shapes are refused before any handler 
   const before = handled.length;
   try {
     await assert.rejects(client.request({ cmd: 'format-disk' } as never), (e: unknown) => e instanceof LocalCommandError && e.code === 'unknown-command');
-    await assert.rejects(client.request({ cmd: 'migrate', vm: '../etc', to: 'core' }), (e: unknown) => e instanceof LocalCommandError && e.code === 'invalid' && /VM names/.test(e.message));
+    await assert.rejects(client.request({ cmd: 'migrate', vm: '../etc', to: 'core' }), (e: unknown) => e instanceof LocalCommandError && e.code === 'invalid' && /names are 1-63/.test(e.message));
     await assert.rejects(client.request({ cmd: 'migrate', vm: 'demo', to: 'mars' } as never), (e: unknown) => e instanceof LocalCommandError && e.code === 'invalid');
     assert.equal(handled.length, before);
   } finally {

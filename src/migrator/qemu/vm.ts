@@ -7,7 +7,7 @@ import { mkdir, rm, access } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { QmpClient } from '../qmp/client.ts';
-import { QmpError, QmpDisconnectedError } from '../qmp/errors.ts';
+import { QmpError, QmpDisconnectedError, QmpTimeoutError } from '../qmp/errors.ts';
 import { buildQemuArgv, type Accel, type VmPaths, type VmSpec } from './common/spec.ts';
 import { QemuNotFoundError, VmAdoptError, VmControlError, VmSocketInUseError, VmStartError, VmStopError } from './errors.ts';
 import { commandLineOf, isAlive, readPidFile, waitForExit } from './process-info.ts';
@@ -205,6 +205,25 @@ export class VmHandle {
     }
     if (await waitForExit(this.pid, 10_000)) return this.cleanup();
     await this.kill();
+  }
+
+  /**
+   * Tells QEMU to quit without asking the guest (QEMU flushes its images): for a migration source
+   * whose guest now runs elsewhere, or a destination being torn down. Kills QEMU if it hangs.
+   */
+  async quit(options: { timeoutMs?: number } = {}): Promise<void> {
+    try {
+      await this.qmp.execute('quit', undefined, { timeoutMs: options.timeoutMs ?? 10_000 });
+    } catch (cause) {
+      if (!(cause instanceof QmpDisconnectedError) && !(cause instanceof QmpError) && !(cause instanceof QmpTimeoutError)) throw cause;
+    }
+    if (await waitForExit(this.pid, options.timeoutMs ?? 10_000)) return this.cleanup();
+    await this.kill();
+  }
+
+  /** True while the QEMU process exists (not a zombie). */
+  async alive(): Promise<boolean> {
+    return isAlive(this.pid);
   }
 
   /** Ends QEMU at once (SIGKILL). The guest gets no chance to flush; used for failures and tests. */

@@ -1,0 +1,116 @@
+// The convergence watch: given the query-migrate samples of a running migration, decide whether to
+// keep waiting, switch to post-copy or throttle the guest (auto-converge). Pure, so it is tested on
+// recorded samples.
+import type { MemoryStrategy, QemuMigrationStats } from './types.ts';
+
+export interface MigrationSample {
+  atMs: number;
+  status: string;
+  /** QEMU's dirty-sync-count: 1 during the first (bulk) pass, +1 at every later pass. */
+  dirtySyncCount: number;
+  /** Bytes still dirty in the current pass. */
+  remaining: number;
+  transferred: number;
+  expectedDowntimeMs: number | undefined;
+  dirtyPagesRate: number;
+  /** Current transfer rate in Mbit/s. */
+  mbps: number;
+}
+
+export function sampleOf(info: QemuMigrationStats, atMs: number): MigrationSample | undefined {
+  if (info.status === undefined || info.ram === undefined) return undefined;
+  return {
+    atMs,
+    status: info.status,
+    dirtySyncCount: info.ram['dirty-sync-count'],
+    remaining: info.ram.remaining,
+    transferred: info.ram.transferred,
+    expectedDowntimeMs: info['expected-downtime'],
+    dirtyPagesRate: info.ram['dirty-pages-rate'],
+    mbps: info.ram.mbps,
+  };
+}
+
+export interface ConvergenceConfig {
+  strategy: MemoryStrategy;
+  downtimeLimitMs: number;
+  /** hybrid: switch to post-copy once this many passes are complete. */
+  hybridPrecopyPasses: number;
+  /** Do not judge convergence before this pass (the first passes move the bulk). */
+  judgeFromPass: number;
+  /** Compare the dirty set now with the one this many passes ago... */
+  stallPasses: number;
+  /** ...and call it stalled unless it shrank by at least this fraction. */
+  minShrink: number;
+  /** Stop waiting after this many passes whatever the trend. */
+  maxPasses: number;
+}
+
+export const DEFAULT_CONVERGENCE: Omit<ConvergenceConfig, 'strategy' | 'downtimeLimitMs'> = {
+  hybridPrecopyPasses: 1,
+  judgeFromPass: 4,
+  stallPasses: 2,
+  minShrink: 0.2,
+  maxPasses: 30,
+};
+
+export interface ConvergenceState {
+  postcopyStarted: boolean;
+  autoConverge: boolean;
+}
+
+export type ConvergenceAction =
+  | { kind: 'wait' }
+  | { kind: 'start-postcopy'; reason: string }
+  | { kind: 'enable-auto-converge'; reason: string };
+
+/** The expected downtime QEMU reports, or remaining / rate when it does not say. */
+export function expectedDowntime(sample: MigrationSample): number | undefined {
+  if (sample.expectedDowntimeMs !== undefined) return sample.expectedDowntimeMs;
+  const bytesPerMs = sample.mbps * 125;
+  return bytesPerMs > 0 ? sample.remaining / bytesPerMs : undefined;
+}
+
+/** The dirty set at the start of each pass: the largest `remaining` seen during that pass. */
+export function dirtySetByPass(samples: readonly MigrationSample[]): Map<number, number> {
+  const byPass = new Map<number, number>();
+  for (const s of samples) {
+    if (s.status !== 'active') continue;
+    byPass.set(s.dirtySyncCount, Math.max(byPass.get(s.dirtySyncCount) ?? 0, s.remaining));
+  }
+  return byPass;
+}
+
+export function convergenceDecision(samples: readonly MigrationSample[], config: ConvergenceConfig, state: ConvergenceState): ConvergenceAction {
+  const last = samples.at(-1);
+  if (last === undefined || last.status !== 'active' || state.postcopyStarted) return { kind: 'wait' };
+  const pass = last.dirtySyncCount;
+  if (config.strategy === 'postcopy') {
+    return { kind: 'start-postcopy', reason: 'post-copy strategy: switching as soon as the migration is under way' };
+  }
+  if (config.strategy === 'hybrid' && pass >= 1 + config.hybridPrecopyPasses) {
+    return { kind: 'start-postcopy', reason: `hybrid strategy: ${config.hybridPrecopyPasses} pre-copy pass(es) done, switching to post-copy for a fast resume` };
+  }
+  if (pass < config.judgeFromPass) return { kind: 'wait' };
+  const expected = expectedDowntime(last);
+  if (expected !== undefined && expected <= config.downtimeLimitMs) return { kind: 'wait' };
+
+  const byPass = dirtySetByPass(samples);
+  const now = byPass.get(pass);
+  let before: number | undefined;
+  for (let p = pass - config.stallPasses; p >= 1 && before === undefined; p--) before = byPass.get(p);
+  const stalled = now !== undefined && before !== undefined && now > before * (1 - config.minShrink);
+  const tooLong = pass >= config.maxPasses;
+  if (!stalled && !tooLong) return { kind: 'wait' };
+  const why = tooLong
+    ? `still ${fmtBytes(last.remaining)} dirty after ${pass} passes`
+    : `the dirty set is not shrinking (${fmtBytes(before ?? 0)} → ${fmtBytes(now ?? 0)} over ${config.stallPasses} passes)`;
+  const reason = `${why}; expected downtime ${expected === undefined ? 'unknown' : `${Math.round(expected)} ms`} > limit ${config.downtimeLimitMs} ms`;
+  if (config.strategy !== 'precopy') return { kind: 'start-postcopy', reason };
+  if (!state.autoConverge) return { kind: 'enable-auto-converge', reason };
+  return { kind: 'wait' };
+}
+
+function fmtBytes(n: number): string {
+  return n >= 1024 * 1024 ? `${(n / (1024 * 1024)).toFixed(1)} MiB` : `${Math.round(n / 1024)} KiB`;
+}
