@@ -2,7 +2,7 @@
 // on arrival; replies and progress come back tagged with the request id.
 import { z } from 'zod';
 import { safeId } from './vm-spec.ts';
-import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, migrationRecordSchema } from './migration.ts';
+import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
 
 
 export const localCommandSchema = z.discriminatedUnion('cmd', [
@@ -53,8 +53,8 @@ export type AgentStatus = z.infer<typeof agentStatusSchema>;
 export interface LocalReplies {
   status: AgentStatus;
   pair: { peerName: string; fingerprint: string };
-  migrate: z.infer<typeof migrationRecordSchema>;
-  history: z.infer<typeof migrationRecordSchema>[];
+  migrate: MigrationRecord;
+  history: MigrationRecord[];
 }
 
 export const localErrorSchema = z.object({ code: z.string(), message: z.string() });
