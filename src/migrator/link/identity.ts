@@ -1,7 +1,8 @@
 // The site's TLS identity: a self-signed ECDSA P-256 certificate (CN = site name, 10 years) and its
 // private key, created on first run and kept as PEM files (mode 0600) in a private directory. Peers pin
 // the certificate by the SHA-256 of its DER, so losing or replacing these files means pairing again.
-import './reflect-shim.ts';
+// @peculiar/x509's dependency tsyringe needs the Reflect metadata API.
+import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { createHash, createPrivateKey, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import { chmod, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';

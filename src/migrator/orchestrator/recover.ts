@@ -1,0 +1,188 @@
+// Finishing or rolling back a migration after the source's agent restarted, from its journal
+// (<vm>/migration.json). The rule (common/journal.ts decideRecovery): before the destination
+// confirmed that the guest runs there, roll back (the source keeps the VM); after, finish the
+// commit (the destination owns the VM).
+import type { VmHandle } from '../qemu/vm.ts';
+import type { LayerStore } from '../layers/store.ts';
+import type { DestinationSite } from '../site.ts';
+import { decideRecovery, type SourceJournal } from './common/journal.ts';
+import { DEFAULT_MAX_CHAIN_DEPTH } from './common/types.ts';
+import { readSourceJournal, removeFile, sourceJournalPath, writeSourceJournal } from './journal.ts';
+import { QemuWatch } from './qemu-ops.ts';
+
+export interface RecoverMigrationInput {
+  journal: SourceJournal;
+  /** The VM's QEMU at this site if it still runs (VmHandle.adopt), else undefined. */
+  vm: VmHandle | undefined;
+  layers: LayerStore;
+  destination: DestinationSite;
+  /** The VM's folder at this site (where the journal lives). */
+  vmDir: string;
+  maxChainDepth?: number;
+  /** Each destination call. Default 30 s. */
+  destinationCallMs?: number;
+  /** How long to wait for a post-copy stream to complete (recovering it if it broke). Default 120 s. */
+  postcopyMs?: number;
+}
+
+export type RecoveryResult =
+  /** The source keeps the VM (running if it was); the destination was told to clean up. */
+  | { kind: 'rolled-back'; sourceRunning: boolean; destinationConfirmed: boolean; notes: string[] }
+  /** The destination may run the guest and could not be reached: the source stays as it is; the journal is kept, try again later. */
+  | { kind: 'in-doubt'; notes: string[] }
+  /** The destination owns the VM; the source's top was frozen as the shared layer. */
+  | { kind: 'committed'; layerId: string; destinationConfirmed: boolean; notes: string[] };
+
+/** Reads the journal of the VM in `vmDir`, if a migration of it was under way when the agent stopped. */
+export { readSourceJournal };
+
+const RUNNING = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-recover', 'wait-unplug', 'cancelling']);
+
+async function withTimeout<T>(what: string, promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([promise, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`${what} got no answer within ${Math.round(ms / 1000)} s`)), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export async function recoverMigration(input: RecoverMigrationInput): Promise<RecoveryResult> {
+  const { journal } = input;
+  const action = decideRecovery(journal);
+  return action.kind === 'roll-back' ? rollBack(input, action.resumeSource) : finishCommit(input, action.waitForPostcopy);
+}
+
+async function rollBack(input: RecoverMigrationInput, resume: 'now' | 'after-destination-abort'): Promise<RecoveryResult> {
+  const { journal, vm, destination } = input;
+  const notes: string[] = [];
+  const callMs = input.destinationCallMs ?? 30_000;
+  const alive = vm !== undefined && !vm.qmp.closed && (await vm.alive());
+  if (alive) {
+    const qmp = vm.qmp;
+    const watch = new QemuWatch(qmp);
+    try {
+      const status = (await qmp.execute('query-migrate')).status;
+      if (status !== undefined && RUNNING.has(status)) {
+        await qmp.execute('migrate_cancel').catch((e: unknown) => notes.push(`migrate_cancel: ${(e as Error).message}`));
+        let stopped = false;
+        await watch
+          .until('the migration to stop', () => (stopped ? true : undefined), {
+            timeoutMs: 10_000,
+            pollMs: 50,
+            poll: async () => {
+              const s = (await qmp.execute('query-migrate')).status;
+              stopped = s === undefined || !RUNNING.has(s);
+            },
+          })
+          .catch((e: unknown) => notes.push((e as Error).message));
+      }
+      if (journal.mirrorJob !== undefined) {
+        const jobId = journal.mirrorJob;
+        if ((await qmp.execute('query-block-jobs')).some((j) => j.device === jobId)) {
+          await qmp.execute('block-job-cancel', { device: jobId, force: true }).catch(() => undefined);
+          let gone = false;
+          await watch
+            .until('the disk mirror to stop', () => (gone ? true : undefined), {
+              timeoutMs: 30_000,
+              pollMs: 50,
+              poll: async () => {
+                gone = !(await qmp.execute('query-block-jobs')).some((j) => j.device === jobId);
+              },
+            })
+            .catch((e: unknown) => notes.push((e as Error).message));
+        }
+      }
+      if (journal.nbdNode !== undefined) await qmp.execute('blockdev-del', { 'node-name': journal.nbdNode }).catch(() => undefined);
+    } finally {
+      watch.dispose();
+    }
+  }
+  let destinationConfirmed = false;
+  try {
+    await withTimeout('destination abort', destination.abort({ migrationId: journal.migrationId, reason: 'the source agent restarted before the switchover and rolls the migration back' }), callMs);
+    destinationConfirmed = true;
+  } catch (error) {
+    notes.push(`the destination could not be told to abort: ${(error as Error).message}`);
+  }
+  if (resume === 'after-destination-abort' && !destinationConfirmed) {
+    // The destination may run the guest: resuming here could run it twice.
+    return { kind: 'in-doubt', notes };
+  }
+  let sourceRunning = false;
+  if (alive) {
+    const state = (await vm.status()).state;
+    if (journal.sourceWasRunning && state !== 'running') {
+      await vm.resume();
+      notes.push('resumed the source');
+    }
+    sourceRunning = (await vm.status()).state === 'running';
+  } else {
+    notes.push("the source QEMU is not running: the VM is stopped, its disk intact here; start it again");
+  }
+  await removeFile(sourceJournalPath(input.vmDir));
+  return { kind: 'rolled-back', sourceRunning, destinationConfirmed, notes };
+}
+
+async function finishCommit(input: RecoverMigrationInput, waitForPostcopy: boolean): Promise<RecoveryResult> {
+  const { journal, vm, destination, layers } = input;
+  const notes: string[] = [];
+  const callMs = input.destinationCallMs ?? 30_000;
+  if (vm !== undefined && !vm.qmp.closed && (await vm.alive())) {
+    if (waitForPostcopy) {
+      // The source's RAM holds pages the destination may still need: quit only once the stream completed.
+      const qmp = vm.qmp;
+      const deadline = performance.now() + (input.postcopyMs ?? 120_000);
+      {
+        for (;;) {
+          const status = (await qmp.execute('query-migrate')).status;
+          if (status === 'completed' || status === undefined) break;
+          if (performance.now() > deadline) {
+            notes.push(`post-copy has not completed (${status}); the source QEMU is kept`);
+            return { kind: 'in-doubt', notes };
+          }
+          if (status === 'postcopy-paused') {
+            try {
+              const { migrationSocket } = await withTimeout('post-copy recovery', destination.recoverPostcopy({ migrationId: journal.migrationId }), callMs);
+              await qmp.execute('migrate', { uri: `unix:${migrationSocket}`, resume: true });
+              notes.push('resumed the broken post-copy stream');
+            } catch (error) {
+              notes.push(`post-copy recovery failed: ${(error as Error).message}`);
+            }
+          }
+          await new Promise((r) => setTimeout(r, 500));
+        }
+      }
+    }
+    await vm.quit();
+    notes.push('quit the source QEMU');
+  }
+  if (journal.step !== 'source-released') await writeSourceJournal(input.vmDir, { ...journal, step: 'source-released' });
+  const parent = journal.chain.at(-1) ?? null;
+  if (layers.get(journal.layerId) === undefined) {
+    try {
+      await layers.freeze(journal.topFile, { id: journal.layerId, parent, leaves: [journal.layerId] });
+      await layers.setChain(journal.vm, [...journal.chain, journal.layerId]);
+      notes.push(`froze the top as layer ${journal.layerId}`);
+    } catch (error) {
+      notes.push(`freezing the top failed (the next migration back copies the whole disk): ${(error as Error).message}`);
+    }
+  }
+  let destinationConfirmed = false;
+  try {
+    await withTimeout('destination commit', destination.commit({ migrationId: journal.migrationId }), callMs);
+    destinationConfirmed = true;
+  } catch (error) {
+    notes.push(`the destination did not acknowledge the commit: ${(error as Error).message}; run recovery again`);
+  }
+  if (destinationConfirmed) {
+    try {
+      await layers.compact(journal.vm, { maxDepth: input.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH });
+      await layers.gc();
+    } catch (error) {
+      notes.push(`compaction failed: ${(error as Error).message}`);
+    }
+    await removeFile(sourceJournalPath(input.vmDir));
+  }
+  return { kind: 'committed', layerId: journal.layerId, destinationConfirmed, notes };
+}

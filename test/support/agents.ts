@@ -1,0 +1,153 @@
+// Two real site agents on this machine, as separate processes started through the CLI, paired the
+// way a user pairs them (the token and fingerprint the core prints). `dispose` ends both agents and
+// every QEMU under their data directories, pass or fail.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { REPO_ROOT, demoGuest, runCli } from './fixtures.ts';
+import { VmLibrary } from '../../src/main/vm-library.ts';
+import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
+import { LocalApiClient } from '../../src/main/local-api/client.ts';
+import { localApiSocket } from '../../src/main/agent.ts';
+
+export interface AgentProcess {
+  role: 'edge' | 'core';
+  dataDir: string;
+  child: ChildProcess;
+  log: string[];
+}
+
+function startAgent(role: 'edge' | 'core', dataDir: string, args: string[]): AgentProcess {
+  const child = spawn(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'src', 'main', 'cli.ts'), '--data', dataDir, 'agent', '--role', role, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const agent: AgentProcess = { role, dataDir, child, log: [] };
+  for (const stream of [child.stdout, child.stderr]) createInterface({ input: stream }).on('line', (line) => agent.log.push(line));
+  return agent;
+}
+
+async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    await sleep(100);
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+export class AgentPair {
+  readonly root: string;
+  core!: AgentProcess;
+  edge!: AgentProcess;
+  coreAddress = '';
+  token = '';
+  coreFingerprint = '';
+
+  private constructor(root: string) {
+    this.root = root;
+  }
+
+  get edgeLibrary(): VmLibrary {
+    return new VmLibrary(join(this.root, 'edge'));
+  }
+
+  get coreLibrary(): VmLibrary {
+    return new VmLibrary(join(this.root, 'core'));
+  }
+
+  /** Starts a core and an edge agent; pairs them unless `pair` is false. */
+  static async start(options: { pair?: boolean } = {}): Promise<AgentPair> {
+    const pair = new AgentPair(await mkdtemp(join(tmpdir(), 'sb-ag-')));
+    await pair.startCore();
+    pair.edge = startAgent('edge', join(pair.root, 'edge'), []);
+    await waitFor('the edge agent', () => LocalApiClient.connect(localApiSocket(join(pair.root, 'edge'))).then((c) => (c.close(), true), () => undefined));
+    if (options.pair ?? true) {
+      const r = await runCli(['--data', join(pair.root, 'edge'), 'pair', `https://${pair.coreAddress}`, '--token', pair.token, '--fingerprint', pair.coreFingerprint]);
+      if (r.code !== 0) throw new Error(`pairing failed: ${r.stderr}`);
+      await pair.waitConnected();
+    }
+    return pair;
+  }
+
+  /** (Re)starts the core agent on the same data directory; the first start reads its pairing line. */
+  async startCore(): Promise<void> {
+    const first = this.coreAddress === '';
+    this.core = startAgent('core', join(this.root, 'core'), ['--listen', first ? '127.0.0.1:0' : this.coreAddress]);
+    this.coreAddress = await waitFor('the core to listen', () => {
+      for (const line of this.core.log) {
+        const m = /"event":"listening","address":"([^"]+)","fingerprint":"([^"]+)"/.exec(line);
+        if (m?.[1] && m[2]) {
+          this.coreFingerprint = m[2];
+          return m[1];
+        }
+      }
+      return undefined;
+    });
+    if (first) {
+      this.token = await waitFor('the pairing token', () => {
+        for (const line of this.core.log) {
+          const m = /snowbird pair \S+ --token (\S+)/.exec(line);
+          if (m?.[1]) return m[1];
+        }
+        return undefined;
+      });
+    }
+  }
+
+  async waitConnected(timeoutMs = 30_000): Promise<void> {
+    await waitFor('the edge to connect to the core', async () => {
+      const r = await runCli(['--data', join(this.root, 'edge'), 'status', '--json']);
+      return r.code === 0 && (JSON.parse(r.stdout) as { peer: { connected: boolean } }).peer.connected ? true : undefined;
+    }, timeoutMs);
+  }
+
+  /** Creates and boots the demo VM at the edge, optionally with a working set written to its disk first. */
+  async createVmAtEdge(name: string, options: { workingSetMiB?: number } = {}): Promise<void> {
+    const guest = await demoGuest();
+    const library = this.edgeLibrary;
+    const spec = await library.create({
+      name, memoryMiB: 192, vcpus: 1, diskSize: '128M', accel: 'tcg', kernel: guest.kernel, initrd: guest.initrd,
+      memWorkloadMiB: 32, diskWorkloadBlocks: 1024,
+    });
+    if (options.workingSetMiB) {
+      const { execFile } = await import('node:child_process');
+      const { promisify } = await import('node:util');
+      // Beyond the disk workload's region (its first 4 MiB): data the guest keeps but does not rewrite.
+      await promisify(execFile)('qemu-io', ['-f', 'qcow2', '-c', `write -P 0xab 16M ${options.workingSetMiB}M`, spec.disk]);
+    }
+    const r = await runCli(['--data', library.dataDir, 'vm', 'start', name]);
+    if (r.code !== 0) throw new Error(`vm start failed: ${r.stderr}`);
+  }
+
+  async killAgent(agent: AgentProcess): Promise<void> {
+    if (agent.child.exitCode !== null || agent.child.signalCode !== null) return;
+    const exited = new Promise((resolve) => agent.child.once('exit', resolve));
+    agent.child.kill('SIGKILL');
+    await exited;
+  }
+
+  async dispose(): Promise<void> {
+    for (const agent of [this.edge, this.core]) {
+      if (!agent) continue;
+      if (agent.child.exitCode === null && agent.child.signalCode === null) {
+        const exited = new Promise((resolve) => agent.child.once('exit', resolve));
+        agent.child.kill('SIGTERM');
+        const timer = setTimeout(() => agent.child.kill('SIGKILL'), 5000);
+        await exited;
+        clearTimeout(timer);
+      }
+    }
+    for (const site of ['edge', 'core', join('edge', 'embedded-core')]) {
+      const vms = join(this.root, site, 'vms');
+      for (const name of await readdir(vms).catch(() => [] as string[])) {
+        const pid = await readPidFile(join(vms, name, 'qemu.pid'));
+        if (pid !== undefined && (await isAlive(pid))) process.kill(pid, 'SIGKILL');
+      }
+    }
+    await rm(this.root, { recursive: true, force: true });
+  }
+}
