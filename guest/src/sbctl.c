@@ -19,7 +19,8 @@
  *   ping | mem start [MIB] | mem stop | disk start [BLOCKS] | disk stop |
  *   corrupt-mem | crunch SECONDS | poweroff
  * Every command gets {"type":"ack","cmd":...,"ok":...,"detail":...};
- * ping is also answered with {"type":"pong","uptime_ms":N} (before its ack).
+ * ping is also answered with {"type":"pong","uptime_ms":N,"mem":S,"disk":S} (before its ack),
+ * S = "running", "stopped" or why the workload last exited on its own.
  */
 #include "sb.h"
 
@@ -34,10 +35,11 @@ struct workload {
 	const char *path;   /* program */
 	uint64_t size;      /* MiB or blocks: the default for "start" */
 	pid_t pid;          /* 0 when not running */
+	char last_exit[128]; /* why it last ended on its own ("" if it never did), repeated in pong */
 };
 
-static struct workload mem = { "mem", "/bin/sbmem", 32, 0 };
-static struct workload disk = { "disk", "/bin/sbdisk", 4096, 0 };
+static struct workload mem = { "mem", "/bin/sbmem", 32, 0, "" };
+static struct workload disk = { "disk", "/bin/sbdisk", 4096, 0, "" };
 static int ctl_fd = -1;
 
 static void ack(const char *cmd, int ok, const char *detail)
@@ -150,8 +152,17 @@ static void reap(void)
 			snprintf(msg, sizeof msg, "%s exited: killed by signal %d", w->path + 5, WTERMSIG(status));
 		else
 			snprintf(msg, sizeof msg, "%s exited with status %d", w->path + 5, WEXITSTATUS(status));
+		snprintf(w->last_exit, sizeof w->last_exit, "%s", msg);
 		sb_error(w->name, msg);
 	}
+}
+
+/* A workload's state for pong: the host may have missed the error line (nobody was attached). */
+static const char *state_of(const struct workload *w)
+{
+	if (w->pid > 0)
+		return "running";
+	return w->last_exit[0] ? w->last_exit : "stopped";
 }
 
 /* Optional positive size argument: absent -> `def`. Returns 0 if malformed. */
@@ -229,7 +240,8 @@ static void command(char *line)
 	char detail[256];
 	const char *a0 = argv[0], *a1 = argv[1];
 	if (strcmp(a0, "ping") == 0 && argc == 1) {
-		sb_emit("{\"type\":\"pong\",\"uptime_ms\":%llu}", (unsigned long long)sb_uptime_ms());
+		sb_emit("{\"type\":\"pong\",\"uptime_ms\":%llu,\"mem\":\"%s\",\"disk\":\"%s\"}",
+			(unsigned long long)sb_uptime_ms(), state_of(&mem), state_of(&disk));
 		ack("ping", 1, "");
 	} else if ((strcmp(a0, "mem") == 0 || strcmp(a0, "disk") == 0) && a1) {
 		struct workload *w = a0[0] == 'm' ? &mem : &disk;

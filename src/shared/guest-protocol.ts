@@ -73,6 +73,9 @@ export const AckSchema = z.object({
 export const PongSchema = z.object({
   type: z.literal('pong'),
   uptime_ms: uptime,
+  /** Each workload: "running", "stopped", or why it last exited on its own. */
+  mem: z.string().max(200).optional(),
+  disk: z.string().max(200).optional(),
 });
 
 /** A workload that failed or exited on its own (source mem/disk), or the agent itself (ctl). */

@@ -91,6 +91,9 @@ export async function waitForHeartbeats(channel: GuestChannel, count: number, ti
     if (now.memory.heartbeats - start.memory.heartbeats >= count && now.disk.heartbeats - start.disk.heartbeats >= count) return now;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`fewer than ${count} memory and disk heartbeats within ${timeoutMs} ms: ${JSON.stringify(channel.integrity)}`);
+  // Ask the guest why: a workload that died while nobody listened says so in its pong.
+  const pong = channel.waitFor((r) => r.type === 'pong', { timeoutMs: 5000, what: 'pong' }).catch((e: unknown) => (e as Error).message);
+  channel.send({ type: 'ping' });
+  throw new Error(`fewer than ${count} memory and disk heartbeats within ${timeoutMs} ms: ${JSON.stringify(channel.integrity)}; guest says ${JSON.stringify(await pong)}`);
 }
 

@@ -1,0 +1,140 @@
+// Two real site agents (separate processes, real TLS, paired as a user pairs them) move the running
+// demo guest back and forth with its memory and disk invariants running; failures injected from
+// outside (a killed destination QEMU, a killed agent) leave the VM running at exactly one site.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { AgentPair } from '../support/agents.ts';
+import { REPO_ROOT, runCli, waitForHeartbeats } from '../support/fixtures.ts';
+import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
+import type { VmLibrary } from '../../src/main/vm-library.ts';
+import type { MigrationRecord } from '../../src/shared/migration.ts';
+
+const VM = 'trip';
+const MiB = 1024 * 1024;
+
+/** Guest uptime must only grow: the VM was never rebooted or restarted by a move. */
+let lastUptimeMs = 0;
+
+async function assertHealthyAt(library: VmLibrary): Promise<void> {
+  const channel = await GuestChannel.connect(VM, library.paths(VM).control);
+  try {
+    const integrity = await waitForHeartbeats(channel, 1, 60_000);
+    assert.equal(integrity.memory.violations, 0, `memory violations: ${integrity.memory.lastViolation}`);
+    assert.equal(integrity.disk.violations, 0, `disk violations: ${integrity.disk.lastViolation}`);
+    assert.ok(integrity.uptimeMs > lastUptimeMs, `guest uptime went from ${lastUptimeMs} to ${integrity.uptimeMs} ms: it restarted`);
+    lastUptimeMs = integrity.uptimeMs;
+  } finally {
+    channel.close();
+  }
+}
+
+async function qemuAlive(library: VmLibrary): Promise<boolean> {
+  const pid = await readPidFile(library.paths(VM).pidFile);
+  return pid !== undefined && (await isAlive(pid));
+}
+
+async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = []): Promise<MigrationRecord> {
+  const r = await runCli(['--data', pair.edgeLibrary.dataDir, 'migrate', VM, '--to', to, '--json', ...extra]);
+  assert.ok(r.code === 0 || r.code === 2, r.stderr);
+  return JSON.parse(r.stdout) as MigrationRecord;
+}
+
+/** Starts a migration and runs `inject` once the CLI reports the given phase. */
+async function migrateAndInject(pair: AgentPair, to: 'core' | 'edge', phase: string, inject: () => Promise<void>, extra: string[] = []): Promise<MigrationRecord> {
+  const child = spawn(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'src', 'main', 'cli.ts'), '--data', pair.edgeLibrary.dataDir, 'migrate', VM, '--to', to, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  let injected: Promise<void> | undefined;
+  const stderr: string[] = [];
+  createInterface({ input: child.stderr }).on('line', (line) => {
+    stderr.push(line);
+    if (!injected && line.includes(` ${phase} `)) injected = inject();
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  assert.ok(injected, `the migration never reached phase ${phase}: ${stderr.join('\n')}`);
+  await injected;
+  assert.ok(code === 0 || code === 2, stderr.join('\n'));
+  return JSON.parse(stdout) as MigrationRecord;
+}
+
+describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
+  let pair: AgentPair;
+
+  before(async () => {
+    pair = await AgentPair.start();
+    // A working set the guest keeps but does not rewrite: only the first trip should send it.
+    await pair.createVmAtEdge(VM, { workingSetMiB: 24 });
+    await assertHealthyAt(pair.edgeLibrary);
+  });
+  after(async () => {
+    await pair?.dispose();
+  });
+
+  test('pairing refuses a wrong token or fingerprint and keeps the existing pairing', async () => {
+    const wrongToken = await runCli(['--data', pair.edgeLibrary.dataDir, 'pair', `https://${pair.coreAddress}`, '--token', 'not-the-token']);
+    assert.notEqual(wrongToken.code, 0);
+    assert.match(wrongToken.stderr, /token/i);
+    const wrongPrint = await runCli(['--data', pair.edgeLibrary.dataDir, 'pair', `https://${pair.coreAddress}`, '--token', pair.token, '--fingerprint', `sha256:${'0'.repeat(64)}`]);
+    assert.notEqual(wrongPrint.code, 0);
+    assert.match(wrongPrint.stderr, /pinned sha256:0{64}/);
+    await pair.waitConnected();
+  });
+
+  test('10 round trips edge → core → edge: invariants hold, uptime continuous, later trips send only what changed', async () => {
+    const diskBytes: { to: string; nbd: number }[] = [];
+    for (let trip = 1; trip <= 10; trip++) {
+      for (const to of ['core', 'edge'] as const) {
+        const record = await migrate(pair, to);
+        assert.equal(record.outcome, 'committed', `trip ${trip} → ${to}: ${record.error}`);
+        diskBytes.push({ to, nbd: record.streamBytes['nbd'] ?? 0 });
+        const here = to === 'core' ? pair.coreLibrary : pair.edgeLibrary;
+        const there = to === 'core' ? pair.edgeLibrary : pair.coreLibrary;
+        assert.equal(await qemuAlive(there), false, `trip ${trip}: QEMU still runs at the source`);
+        await assertHealthyAt(here);
+      }
+    }
+    // The first move carries the working set (24 MiB) and the workload's region; every later move
+    // carries only what the guest wrote while away (its 4 MiB disk workload region, rewritten).
+    const [first, ...later] = diskBytes;
+    assert.ok(first && first.nbd >= 24 * MiB, `first trip sent ${first?.nbd} disk bytes`);
+    for (const [i, trip] of later.entries()) assert.ok(trip.nbd < 12 * MiB, `move ${i + 2} (→ ${trip.to}) sent ${trip.nbd} disk bytes`);
+    const history = await runCli(['--data', pair.edgeLibrary.dataDir, 'history', '--json', '--limit', '100']);
+    assert.equal((JSON.parse(history.stdout) as MigrationRecord[]).filter((r) => r.outcome === 'committed').length, 20);
+  });
+
+  test('a destination QEMU killed during the memory phase: the VM keeps running at the edge', async () => {
+    const record = await migrateAndInject(pair, 'core', 'memory', async () => {
+      const pid = await readPidFile(pair.coreLibrary.paths(VM).pidFile);
+      if (pid !== undefined) process.kill(pid, 'SIGKILL');
+    }, ['--bandwidth', '40']);
+    assert.equal(record.outcome, 'aborted');
+    assert.equal(record.failedPhase, 'memory');
+    assert.match(record.error ?? '', /memory/);
+    assert.equal(await qemuAlive(pair.edgeLibrary), true);
+    assert.equal(await qemuAlive(pair.coreLibrary), false);
+    await assertHealthyAt(pair.edgeLibrary);
+  });
+
+  test('the core agent killed mid-migration: the VM stays at the edge; after its restart it runs at exactly one site', async () => {
+    const record = await migrateAndInject(pair, 'core', 'memory', () => pair.killAgent(pair.core), ['--bandwidth', '40']);
+    assert.equal(record.outcome, 'aborted');
+    assert.equal(await qemuAlive(pair.edgeLibrary), true);
+    await assertHealthyAt(pair.edgeLibrary);
+    await pair.startCore();
+    await pair.waitConnected();
+    // The restarted core cleaned up the incoming QEMU its predecessor left behind.
+    assert.equal(await qemuAlive(pair.coreLibrary), false);
+    const status = await runCli(['--data', pair.edgeLibrary.dataDir, 'status', '--json']);
+    const vms = (JSON.parse(status.stdout) as { vms: { name: string; location: string }[] }).vms;
+    assert.deepEqual(vms.filter((v) => v.name === VM).map((v) => v.location), ['edge']);
+    // And the link works again: a move after the restart succeeds.
+    assert.equal((await migrate(pair, 'core')).outcome, 'committed');
+    await assertHealthyAt(pair.coreLibrary);
+    assert.equal((await migrate(pair, 'edge')).outcome, 'committed');
+    await assertHealthyAt(pair.edgeLibrary);
+  });
+});
