@@ -10,9 +10,16 @@ import type { PeerLink } from '../migrator/link/index.ts';
 import { bridgeListener, type BridgeListener } from '../migrator/link/index.ts';
 import { LayerStore } from '../migrator/layers/store.ts';
 import { ImageStore } from '../migrator/layers/images.ts';
-import { MigrationDestination, type IncomingVm } from '../migrator/orchestrator/destination.ts';
-import { migrateVm } from '../migrator/orchestrator/source.ts';
-import { MigrationError, type MigrationProgress as OrchestratorProgress, type MigrationResult } from '../migrator/orchestrator/common/types.ts';
+import {
+  MigrationDestination,
+  MigrationError,
+  migrateVm,
+  readSourceJournal,
+  recoverMigration,
+  type IncomingVm,
+  type MigrationProgress as OrchestratorProgress,
+  type MigrationResult,
+} from '../migrator/orchestrator/index.ts';
 import type { DestinationSite, MigrationOptions, PlanReply, PlanRequest, PrepareReply, PrepareRequest, SwitchoverRequest } from '../migrator/site.ts';
 import { VmHandle } from '../migrator/qemu/vm.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
@@ -283,6 +290,7 @@ export class MigrationService {
         await destination.abort({ migrationId: journal.migrationId, reason: 'the link to the source closed' }).catch((error: unknown) => this.deps.log(`cleaning up migration ${journal.migrationId}: ${(error as Error).message}`));
       }
     });
+    void this.recoverOutgoing(link);
     link.on('event', (name, payload) => {
       if (name !== PEER_EVENT_PROGRESS) return;
       const progress = migrationProgressSchema.safeParse(payload);
@@ -291,6 +299,34 @@ export class MigrationService {
   }
 
   private onProgress: ((p: MigrationProgress) => void) | undefined;
+
+  /**
+   * Migrations this site was sending when its agent stopped: finish or roll them back now that the
+   * peer is reachable again (the journal decides; see orchestrator/recover.ts).
+   */
+  private async recoverOutgoing(link: PeerLink): Promise<void> {
+    const { layers } = await this.open();
+    for (const name of await this.deps.library.list()) {
+      const vmDir = this.deps.library.vmDir(name);
+      const journal = await readSourceJournal(vmDir);
+      if (journal === undefined || this.inFlight.has(name)) continue;
+      this.inFlight.add(name);
+      const destination = new RemoteDestination(link, this.runDir);
+      let vm: VmHandle | undefined;
+      try {
+        vm = await VmHandle.adopt(name, this.deps.library.paths(name)).catch(() => undefined);
+        const result = await recoverMigration({ journal, vm, layers, destination, vmDir });
+        this.deps.log(`recovered the interrupted migration ${journal.migrationId} of ${name}: ${result.kind}${result.notes.length ? ` (${result.notes.join('; ')})` : ''}`);
+      } catch (error) {
+        this.deps.log(`could not recover the interrupted migration of ${name} yet: ${(error as Error).message}`);
+      } finally {
+        await destination.closeBridges();
+        await vm?.detach().catch(() => undefined);
+        this.inFlight.delete(name);
+      }
+    }
+    await this.refreshVms();
+  }
 
   private unexpose(link: PeerLink, migrationId: string): void {
     const targets = targetIds(migrationId);

@@ -43,6 +43,13 @@ async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = [
   return JSON.parse(r.stdout) as MigrationRecord;
 }
 
+/** Later tests start from the VM at the edge, whatever an earlier test left. */
+async function ensureAtEdge(pair: AgentPair): Promise<void> {
+  if (await qemuAlive(pair.edgeLibrary)) return;
+  const record = await migrate(pair, 'edge');
+  assert.equal(record.outcome, 'committed', record.error);
+}
+
 /** Starts a migration and runs `inject` once the CLI reports the given phase. */
 async function migrateAndInject(pair: AgentPair, to: 'core' | 'edge', phase: string, inject: () => Promise<void>, extra: string[] = []): Promise<MigrationRecord> {
   const child = spawn(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'src', 'main', 'cli.ts'), '--data', pair.edgeLibrary.dataDir, 'migrate', VM, '--to', to, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -107,6 +114,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   });
 
   test('a destination QEMU killed during the memory phase: the VM keeps running at the edge', async () => {
+    await ensureAtEdge(pair);
     const record = await migrateAndInject(pair, 'core', 'memory', async () => {
       const pid = await readPidFile(pair.coreLibrary.paths(VM).pidFile);
       if (pid !== undefined) process.kill(pid, 'SIGKILL');
@@ -120,6 +128,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   });
 
   test('the core agent killed mid-migration: the VM stays at the edge; after its restart it runs at exactly one site', async () => {
+    await ensureAtEdge(pair);
     const record = await migrateAndInject(pair, 'core', 'memory', () => pair.killAgent(pair.core), ['--bandwidth', '40']);
     assert.equal(record.outcome, 'aborted');
     assert.equal(await qemuAlive(pair.edgeLibrary), true);
@@ -136,5 +145,22 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     await assertHealthyAt(pair.coreLibrary);
     assert.equal((await migrate(pair, 'edge')).outcome, 'committed');
     await assertHealthyAt(pair.edgeLibrary);
+  });
+
+  test('the edge agent killed mid-migration: after its restart the VM runs at exactly one site', async () => {
+    await ensureAtEdge(pair);
+    await migrateAndInject(pair, 'core', 'memory', () => pair.killAgent(pair.edge), ['--bandwidth', '40']).catch(() => undefined);
+    await pair.startEdge();
+    await pair.waitConnected();
+    // The restarted edge finishes or rolls back from its journal once the core is reachable.
+    const deadline = Date.now() + 120_000;
+    let where: boolean[] = [];
+    while (Date.now() < deadline) {
+      where = [await qemuAlive(pair.edgeLibrary), await qemuAlive(pair.coreLibrary)];
+      if (where.filter(Boolean).length === 1) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assert.equal(where.filter(Boolean).length, 1, `QEMU alive at [edge, core]: ${where.join(', ')}`);
+    await assertHealthyAt(where[0] ? pair.edgeLibrary : pair.coreLibrary);
   });
 });

@@ -63,14 +63,19 @@ export class AgentPair {
   static async start(options: { pair?: boolean } = {}): Promise<AgentPair> {
     const pair = new AgentPair(await mkdtemp(join(tmpdir(), 'sb-ag-')));
     await pair.startCore();
-    pair.edge = startAgent('edge', join(pair.root, 'edge'), []);
-    await waitFor('the edge agent', () => LocalApiClient.connect(localApiSocket(join(pair.root, 'edge'))).then((c) => (c.close(), true), () => undefined));
+    await pair.startEdge();
     if (options.pair ?? true) {
       const r = await runCli(['--data', join(pair.root, 'edge'), 'pair', `https://${pair.coreAddress}`, '--token', pair.token, '--fingerprint', pair.coreFingerprint]);
       if (r.code !== 0) throw new Error(`pairing failed: ${r.stderr}`);
       await pair.waitConnected();
     }
     return pair;
+  }
+
+  /** (Re)starts the edge agent on its data directory and waits for its local API. */
+  async startEdge(): Promise<void> {
+    this.edge = startAgent('edge', join(this.root, 'edge'), []);
+    await waitFor('the edge agent', () => LocalApiClient.connect(localApiSocket(join(this.root, 'edge'))).then((c) => (c.close(), true), () => undefined));
   }
 
   /** (Re)starts the core agent on the same data directory; the first start reads its pairing line. */
