@@ -23,6 +23,10 @@ import { LayerStore } from '../../src/migrator/layers/store.ts';
 import { ImageStore } from '../../src/migrator/layers/images.ts';
 import { MigrationDestination } from '../../src/migrator/orchestrator/destination.ts';
 import { migrateVm, type MigrateVmInput } from '../../src/migrator/orchestrator/source.ts';
+import { recoverMigration } from '../../src/migrator/orchestrator/recover.ts';
+import { readSourceJournal, writeSourceJournal } from '../../src/migrator/orchestrator/journal.ts';
+import { diskRoot } from '../../src/migrator/orchestrator/qemu-ops.ts';
+import { sha256File } from '../../src/migrator/layers/images.ts';
 import { MigrationError, type MigrationPhase, type MigrationProgress, type MigrationResult } from '../../src/migrator/orchestrator/common/types.ts';
 import type { DestinationSite, MigrationOptions, PlanReply, PlanRequest, PrepareReply, PrepareRequest, SwitchoverRequest } from '../../src/migrator/site.ts';
 
@@ -93,7 +97,7 @@ interface Site {
 }
 
 type Fault =
-  | { at: 'plan' | 'prepare' | 'switchover-before' | 'switchover-after'; kind: 'throw' }
+  | { at: 'plan' | 'prepare' | 'switchover-before' | 'switchover-after' | 'commit'; kind: 'throw' }
   | { at: 'disk' | 'memory'; kind: 'kill-destination-qemu' };
 
 /** The in-process DestinationSite: the destination's functions behind bridges, with fault injection. */
@@ -153,7 +157,8 @@ class TestLink implements DestinationSite {
     return { migrationSocket: path };
   }
 
-  commit(request: { migrationId: string }): Promise<void> {
+  async commit(request: { migrationId: string }): Promise<void> {
+    this.#maybeThrow('commit');
     return this.to.destination.commit(request);
   }
 
@@ -294,7 +299,8 @@ describe('live migration with disk, A ⇄ B', { timeout: 600_000 }, () => {
     link.channel = undefined;
     await link.close();
     results.push(result);
-    await checkGuest(to, `after ${from.name}→${to.name}`);
+    const summary = JSON.stringify({ strategy: result.strategy, downtime: result.downtime, passes: result.qemu.ram?.['dirty-sync-count'], xbzrle: result.qemu['xbzrle-cache'], phasesMs: result.phasesMs });
+    await checkGuest(to, `after ${from.name}→${to.name} ${summary}`);
     return result;
   }
 
@@ -380,10 +386,6 @@ describe('live migration with disk, A ⇄ B', { timeout: 600_000 }, () => {
     test('the destination resumed the guest but its answer is lost: it is stopped, the source resumes', async () => {
       await failedTrip(A, B, 'switchover', { at: 'switchover-after', kind: 'throw' });
     });
-
-    test('post-copy: the destination throws when asked to resume the guest after the switch', async () => {
-      await failedTrip(A, B, 'switchover', { at: 'switchover-before', kind: 'throw' }, { strategy: 'postcopy' });
-    });
   });
 
   test('A→B hybrid: one pre-copy pass, then post-copy', async () => {
@@ -423,5 +425,104 @@ describe('live migration with disk, A ⇄ B', { timeout: 600_000 }, () => {
     assert.ok(r.strategy.decisions.some((d) => d.includes('resumed')), JSON.stringify(r.strategy));
     assert.equal(r.qemu.status, 'completed');
     console.log('trip 6 (postcopy, link cut)', JSON.stringify({ phasesMs: r.phasesMs, downtime: r.downtime, bytes: r.bytes, strategy: r.strategy, warnings: r.warnings }));
+  });
+
+  test('A→B when B lost a layer: a full copy into a standalone layer; B→A afterwards sends only the top again', async () => {
+    const bottom = B.layers.chainOf(VM)[0];
+    assert.ok(bottom);
+    await B.layers.remove(bottom);
+    const full = await trip(A, B, { strategy: 'precopy' });
+    assert.equal(full.disk.mode, 'full');
+    assert.equal(full.disk.receivedLayerId, `f-${full.disk.layerId}`);
+    assert.ok((full.bytes.wire?.disk ?? 0) >= PREFILL.length, JSON.stringify(full.bytes));
+    assert.deepEqual(B.layers.chainOf(VM), [full.disk.receivedLayerId]);
+    assert.equal(B.layers.get(full.disk.receivedLayerId)?.parent, null);
+    const back = await trip(B, A, { strategy: 'precopy' });
+    assert.equal(back.disk.mode, 'top');
+    assert.equal(back.disk.backingLayer, full.disk.layerId);
+    assert.ok(back.bytes.disk.sync <= WORKLOAD_BYTES + 2 * MiB, `disk sync ${back.bytes.disk.sync}`);
+  });
+
+  test('recovery after the destination missed the commit: recoverMigration finishes it from the journal', async () => {
+    const r = await trip(A, B, { strategy: 'precopy' }, { fault: { at: 'commit', kind: 'throw' } });
+    assert.match(r.warnings.join(' '), /did not acknowledge the commit/);
+    const vmDir = join(A.test.dataDir, 'vms', VM);
+    const journal = await readSourceJournal(vmDir);
+    assert.equal(journal?.step, 'source-released');
+    assert.equal(B.vm, undefined, 'B must not own the VM before the commit');
+    const recovered = await recoverMigration({ journal: journal as NonNullable<typeof journal>, vm: undefined, layers: A.layers, destination: B.destination, vmDir, maxChainDepth: 3 });
+    assert.equal(recovered.kind, 'committed', JSON.stringify(recovered));
+    assert.equal(await readSourceJournal(vmDir), undefined);
+    assert.ok(B.vm, 'B owns the VM after the commit');
+    assert.equal(B.layers.chainOf(VM).at(-1), r.disk.receivedLayerId);
+    await checkGuest(B, 'after the recovered commit');
+  });
+
+  test('recovery after the source agent stopped mid-migration and the destination agent restarted: both roll back', async () => {
+    // Recreate what a crashed source agent leaves behind: an incoming QEMU prepared at A, a disk
+    // mirror and a memory stream running at B, and B's journal at the memory step.
+    assert.ok(B.vm && B.spec);
+    const migrationId = '00000000-0000-4000-8000-00000000c0de';
+    const chain = B.layers.describeChain(VM);
+    const plan = await A.destination.plan({ migrationId, vm: VM, chain, bootImages: [] });
+    assert.equal(plan.complete, true);
+    const root = await diskRoot(B.vm.qmp);
+    const boot = { kernel: await sha256File(B.spec.boot.kernel), initrd: await sha256File(B.spec.boot.initrd) };
+    const prepared = await A.destination.prepare({ migrationId, spec: B.spec, bootImages: boot, backingLayer: plan.heldLayers.at(-1) ?? null, virtualSize: root.virtualSize, postcopy: false });
+    const qmp = B.vm.qmp;
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * MiB });
+    await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': 'sb-nbd-crash', server: { type: 'unix', path: prepared.nbdSocket }, export: prepared.nbdExport });
+    await qmp.execute('blockdev-mirror', { 'job-id': 'sb-mirror-crash', device: root.node, target: 'sb-nbd-crash', sync: 'top', 'copy-mode': 'write-blocking' });
+    await qmp.execute('migrate', { uri: `unix:${prepared.migrationSocket}` });
+    const vmDir = join(B.test.dataDir, 'vms', VM);
+    const now = new Date().toISOString();
+    await writeSourceJournal(vmDir, {
+      version: 1, role: 'source', migrationId, vm: VM, step: 'memory', startedAt: now, updatedAt: now, topFile: B.spec.disk,
+      chain: chain.map((l) => l.id), layerId: 'l-crash', nbdNode: 'sb-nbd-crash', mirrorJob: 'sb-mirror-crash', postcopy: false, postcopyStarted: false, sourceWasRunning: true,
+    });
+    // A's agent restarts first: the incoming VM never resumed, so it is torn down.
+    const restarted = new MigrationDestination({ layers: A.layers, images: A.images, vmsDir: join(A.test.dataDir, 'vms'), accel: 'tcg' });
+    assert.deepEqual(await restarted.recoverIncoming(), []);
+    assert.deepEqual(await destinationLeftovers(A), []);
+    // Then B's agent: the journal says memory, so it rolls back.
+    const journal = await readSourceJournal(vmDir);
+    assert.ok(journal);
+    const recovered = await recoverMigration({ journal, vm: B.vm, layers: B.layers, destination: restarted, vmDir });
+    assert.equal(recovered.kind, 'rolled-back', JSON.stringify(recovered));
+    assert.equal(await readSourceJournal(vmDir), undefined);
+    assert.deepEqual(await qmp.execute('query-block-jobs'), []);
+    assert.equal((await B.vm.status()).state, 'running');
+    await checkGuest(B, 'after the rolled-back recovery');
+  });
+
+  test('post-copy: after the switch a destination that will not resume the guest is not rolled back (QEMU 7.2 cannot); recoverMigration finishes the move', async () => {
+    const vm = B.vm;
+    assert.ok(vm);
+    let error: unknown;
+    try {
+      await trip(B, A, { strategy: 'postcopy' }, { fault: { at: 'switchover-before', kind: 'throw' } });
+    } catch (e) {
+      error = e;
+    }
+    assert.ok(error instanceof MigrationError, String(error));
+    assert.equal(error.phase, 'switchover', error.message);
+    assert.equal(error.outcome, 'postcopy-unfinished', error.message);
+    assert.ok(await isAlive(vm.pid), 'the source QEMU must be kept');
+    const vmDir = join(B.test.dataDir, 'vms', VM);
+    const journal = await readSourceJournal(vmDir);
+    assert.equal(journal?.step, 'switchover');
+    assert.equal(journal?.postcopyStarted, true);
+    const link = links.at(-1) as TestLink;
+    const recovered = await recoverMigration({ journal: journal as NonNullable<typeof journal>, vm, layers: B.layers, destination: A.destination, vmDir, maxChainDepth: 3 });
+    assert.equal(recovered.kind, 'committed', JSON.stringify(recovered));
+    assert.equal(await isAlive(vm.pid), false);
+    assert.ok(A.vm, 'A owns the VM');
+    B.channel?.close();
+    B.channel = undefined;
+    B.vm = undefined;
+    B.spec = undefined;
+    A.channel = link.channel;
+    link.channel = undefined;
+    await checkGuest(A, 'after the post-copy switch finished by recovery');
   });
 });

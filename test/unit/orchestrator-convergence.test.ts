@@ -2,7 +2,7 @@
 // demo guest's memory workload dirtying 32 MiB continuously).
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { convergenceDecision, DEFAULT_CONVERGENCE, dirtySetByPass, expectedDowntime, sampleOf, type ConvergenceConfig, type MigrationSample } from '../../src/migrator/orchestrator/common/convergence.ts';
+import { convergenceDecision, DEFAULT_CONVERGENCE, dirtySetByPass, expectedDowntime, sampleOf, type ConvergenceConfig, type ConvergenceState, type MigrationSample } from '../../src/migrator/orchestrator/common/convergence.ts';
 import type { MemoryStrategy } from '../../src/migrator/orchestrator/common/types.ts';
 
 type Row = [atMs: number, pass: number, remaining: number, transferred: number, expectedDowntimeMs: number, dirtyPagesRate: number, mbps: number];
@@ -15,13 +15,14 @@ const STALLED = rows([[70,1,216322048,1442580,50,0,0],[332,1,201551872,8489801,5
 /** Unlimited bandwidth with XBZRLE, downtime-limit 300 ms: converged in the third pass. */
 const CONVERGING = rows([[4,1,216453120,1311252,300,0,0],[272,1,92741632,40194866,300,0,1183],[732,1,63291392,69641241,300,0,728],[994,2,27336704,100976300,300,0,328],[1252,2,15917056,112418284,300,0,338],[1511,3,4280320,129816276,563,10101,488]]);
 
-function config(strategy: MemoryStrategy, downtimeLimitMs: number): ConvergenceConfig {
-  return { ...DEFAULT_CONVERGENCE, strategy, downtimeLimitMs };
+/** KVM-like by default (throttling available); `tcg` for the TCG rule. */
+function config(strategy: MemoryStrategy, downtimeLimitMs: number, accel: 'kvm' | 'tcg' = 'kvm'): ConvergenceConfig {
+  return { ...DEFAULT_CONVERGENCE, strategy, downtimeLimitMs, throttleAvailable: accel === 'kvm', downtimeCeilingMs: downtimeLimitMs * 4 };
 }
-const fresh = { postcopyStarted: false, autoConverge: false };
+const fresh = { postcopyStarted: false, autoConverge: false, downtimeLimitMs: 50 };
 
 /** Replays samples one by one; returns the first action and the sample index where it came. */
-function replay(samples: MigrationSample[], cfg: ConvergenceConfig, state = fresh): { index: number; action: ReturnType<typeof convergenceDecision> } | undefined {
+function replay(samples: MigrationSample[], cfg: ConvergenceConfig, state: ConvergenceState = { ...fresh, downtimeLimitMs: cfg.downtimeLimitMs }): { index: number; action: ReturnType<typeof convergenceDecision> } | undefined {
   for (let i = 0; i < samples.length; i++) {
     const action = convergenceDecision(samples.slice(0, i + 1), cfg, state);
     if (action.kind !== 'wait') return { index: i, action };
@@ -40,7 +41,18 @@ describe('convergence watch', () => {
     assert.equal(first.action.kind, 'enable-auto-converge');
     assert.equal(STALLED[first.index]?.dirtySyncCount, 4);
     assert.match(first.action.kind === 'enable-auto-converge' ? first.action.reason : '', /not shrinking.*expected downtime 1362 ms > limit 50 ms/);
-    assert.equal(replay(STALLED, config('precopy', 50), { postcopyStarted: false, autoConverge: true }), undefined);
+    assert.equal(replay(STALLED, config('precopy', 50), { ...fresh, autoConverge: true }), undefined);
+  });
+
+  test('under TCG (no throttling) a stalled pre-copy raises downtime-limit step by step, up to the ceiling', () => {
+    const first = replay(STALLED, config('precopy', 50, 'tcg'));
+    assert.equal(first?.action.kind, 'raise-downtime-limit');
+    assert.equal(STALLED[first?.index ?? -1]?.dirtySyncCount, 4);
+    // The expected downtime is ~1362 ms: the first step goes straight to the ceiling (4 × 50 ms).
+    assert.equal(first?.action.kind === 'raise-downtime-limit' && first.action.toMs, 200);
+    const belowExpected = replay(STALLED, { ...config('precopy', 50, 'tcg'), downtimeCeilingMs: 5000 });
+    assert.equal(belowExpected?.action.kind === 'raise-downtime-limit' && belowExpected.action.toMs, Math.ceil(1362 * 1.25));
+    assert.equal(replay(STALLED, config('precopy', 50, 'tcg'), { ...fresh, downtimeLimitMs: 200 }), undefined);
   });
 
   test('hybrid switches to post-copy after its pre-copy pass(es)', () => {
@@ -59,7 +71,7 @@ describe('convergence watch', () => {
 
   test('post-copy switches at once, and nothing happens after the switch', () => {
     assert.equal(replay(STALLED, config('postcopy', 50))?.index, 0);
-    assert.equal(replay(STALLED, config('postcopy', 50), { postcopyStarted: true, autoConverge: false }), undefined);
+    assert.equal(replay(STALLED, config('postcopy', 50), { ...fresh, postcopyStarted: true }), undefined);
   });
 
   test('a long stall is cut after maxPasses even if the dirty set shrinks slowly', () => {

@@ -31,6 +31,12 @@ describe('migration journal', () => {
     assert.deepEqual(decideRecovery({ ...base, step: 'switchover' }), { kind: 'roll-back', resumeSource: 'after-destination-abort' });
   });
 
+  test('once QEMU switched to post-copy there is no way back (QEMU 7.2): recovery finishes the switchover', () => {
+    assert.deepEqual(decideRecovery({ ...base, step: 'switchover', postcopy: true, postcopyStarted: true }), { kind: 'finish-switchover' });
+    // Post-copy allowed but not started yet: still a rollback.
+    assert.equal(decideRecovery({ ...base, step: 'switchover', postcopy: true, postcopyStarted: false }).kind, 'roll-back');
+  });
+
   test('once the destination runs the guest, recovery finishes the commit (waiting for post-copy if it started)', () => {
     assert.deepEqual(decideRecovery({ ...base, step: 'destination-running', postcopyStarted: true }), { kind: 'finish-commit', waitForPostcopy: true, freezeTop: true });
     assert.deepEqual(decideRecovery({ ...base, step: 'source-released' }), { kind: 'finish-commit', waitForPostcopy: false, freezeTop: true });

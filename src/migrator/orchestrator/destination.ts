@@ -136,7 +136,12 @@ export class MigrationDestination implements DestinationSite {
     const initrdSha = assertSha256(request.bootImages.initrd);
     if (!Number.isSafeInteger(request.virtualSize) || request.virtualSize <= 0) throw new DestinationError(`invalid disk size ${request.virtualSize}`);
     if (this.#incoming.has(migrationId)) throw new DestinationError(`migration ${migrationId} is already being prepared here`);
-    for (const other of this.#incoming.values()) {
+    for (const other of [...this.#incoming.values()]) {
+      // The journal is the truth: an entry whose journal is gone was cleaned up by another instance.
+      if (!(await exists(incomingJournalPath(dirname(other.journal.topFile), other.journal.migrationId)))) {
+        this.#incoming.delete(other.journal.migrationId);
+        continue;
+      }
       if (other.journal.vm === name) throw new DestinationError(`VM "${name}" is already arriving here (migration ${other.journal.migrationId}); abort that one first`);
     }
     const paths = vmPaths(vmDir);
@@ -214,7 +219,9 @@ export class MigrationDestination implements DestinationSite {
         if (journal.layer?.id !== layerId) throw new DestinationError(`migration ${journal.migrationId} already switched over as layer ${journal.layer?.id}`);
         return { resumedAtMs: Date.now() };
       }
-      if (journal.step !== 'prepared') throw new DestinationError(`migration ${journal.migrationId} is not ready to switch over (it is ${journal.step})`);
+      // 'switching': an earlier attempt stopped midway; every step below is done once (journal flags).
+      if (journal.step !== 'prepared' && journal.step !== 'switching') throw new DestinationError(`migration ${journal.migrationId} is not ready to switch over (it is ${journal.step})`);
+      if (journal.step === 'switching' && journal.layer?.id !== layerId) throw new DestinationError(`migration ${journal.migrationId} is switching over as layer ${journal.layer?.id}, not ${layerId}`);
       if (this.#o.layers.get(layerId) !== undefined) throw new DestinationError(`layer ${layerId} already exists here; layer ids are never reused`);
       const vm = this.#vm(entry);
       const vmDir = dirname(journal.topFile);
@@ -238,26 +245,42 @@ export class MigrationDestination implements DestinationSite {
         await writeIncomingJournal(vmDir, journal);
 
         // The source dropped its NBD client before it let the migration finish; "still in use" can linger a moment.
-        await retryWhileBusy(() => vm.qmp.execute('block-export-del', { id: `sb-export-${short(journal.migrationId)}` }), 5000);
+        const exportId = `sb-export-${short(journal.migrationId)}`;
+        if ((await vm.qmp.executeRaw('query-block-exports') as { id: string }[]).some((e) => e.id === exportId)) {
+          await retryWhileBusy(() => vm.qmp.execute('block-export-del', { id: exportId }), 5000);
+        }
         await vm.qmp.execute('nbd-server-stop').catch(() => undefined);
 
         const layerFile = this.#o.layers.layerPath(layerId);
-        await rename(journal.pendingFile, layerFile);
-        journal.layerFileMoved = true;
-        await writeIncomingJournal(vmDir, journal);
+        if (!journal.layerFileMoved) {
+          await rename(journal.pendingFile, layerFile);
+          journal.layerFileMoved = true;
+          await writeIncomingJournal(vmDir, journal);
+        }
         const root = await diskRoot(vm.qmp);
-        await createImage(journal.topFile, root.virtualSize, relative(vmDir, layerFile));
-        journal.topCreated = true;
-        await writeIncomingJournal(vmDir, journal);
         const topNode = `sb-top-${short(journal.migrationId)}`;
-        await vm.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': topNode, file: { driver: 'file', filename: journal.topFile }, backing: null });
-        await vm.qmp.execute('blockdev-snapshot', { node: root.node, overlay: topNode });
-        const resumed = vm.qmp.waitForEvent('RESUME', { timeoutMs: 10_000 });
-        await vm.qmp.execute('cont');
-        const event = await resumed;
+        if (root.node !== topNode) {
+          if (!journal.topCreated) {
+            await createImage(journal.topFile, root.virtualSize, relative(vmDir, layerFile));
+            journal.topCreated = true;
+            await writeIncomingJournal(vmDir, journal);
+          }
+          const nodes = await vm.qmp.execute('query-named-block-nodes', { flat: true });
+          if (!nodes.some((n) => n['node-name'] === topNode)) {
+            await vm.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': topNode, file: { driver: 'file', filename: journal.topFile }, backing: null });
+          }
+          await vm.qmp.execute('blockdev-snapshot', { node: root.node, overlay: topNode });
+        }
+        let resumedAtMs = Date.now();
+        if ((await vm.qmp.execute('query-status')).status !== 'running') {
+          const resumed = vm.qmp.waitForEvent('RESUME', { timeoutMs: 10_000 });
+          await vm.qmp.execute('cont');
+          const event = await resumed;
+          resumedAtMs = event.timestamp.seconds * 1000 + event.timestamp.microseconds / 1000;
+        }
         journal.step = 'resumed';
         await writeIncomingJournal(vmDir, journal);
-        return { resumedAtMs: event.timestamp.seconds * 1000 + event.timestamp.microseconds / 1000 };
+        return { resumedAtMs };
       } finally {
         watch.dispose();
       }
@@ -268,12 +291,14 @@ export class MigrationDestination implements DestinationSite {
     const entry = await this.#entry(request.migrationId);
     return this.#serial(entry, async () => {
       const { journal } = entry;
-      if (journal.step !== 'resumed') throw new DestinationError(`migration ${journal.migrationId} has not switched over; nothing to recover`);
       const vm = this.#vm(entry);
       const watch = new QemuWatch(vm.qmp);
       try {
         let status = (await vm.qmp.execute('query-migrate')).status;
         if (status === 'completed') throw new DestinationError('the incoming migration already completed; nothing to recover');
+        if (status !== 'postcopy-active' && status !== 'postcopy-paused') {
+          throw new DestinationError(`the incoming migration is ${status}, not in post-copy; only a post-copy stream can be recovered`);
+        }
         if (status === 'postcopy-active') {
           // The source saw the stream break first: make this side notice too.
           await vm.qmp.execute('migrate-pause').catch(() => undefined);

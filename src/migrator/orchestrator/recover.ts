@@ -50,7 +50,44 @@ async function withTimeout<T>(what: string, promise: Promise<T>, ms: number): Pr
 export async function recoverMigration(input: RecoverMigrationInput): Promise<RecoveryResult> {
   const { journal } = input;
   const action = decideRecovery(journal);
-  return action.kind === 'roll-back' ? rollBack(input, action.resumeSource) : finishCommit(input, action.waitForPostcopy);
+  switch (action.kind) {
+    case 'roll-back':
+      return rollBack(input, action.resumeSource);
+    case 'finish-switchover':
+      return finishSwitchover(input);
+    case 'finish-commit':
+      return finishCommit(input, action.waitForPostcopy);
+  }
+}
+
+/**
+ * Post-copy had started but the destination never confirmed that the guest runs: QEMU 7.2 cannot
+ * resume the source, so the only way is forward. Recover the stream if it broke, ask the
+ * destination to resume the guest (idempotent), then finish the commit.
+ */
+async function finishSwitchover(input: RecoverMigrationInput): Promise<RecoveryResult> {
+  const { journal, vm, destination } = input;
+  const notes: string[] = [];
+  const callMs = input.destinationCallMs ?? 30_000;
+  if (journal.received === undefined) return { kind: 'in-doubt', notes: ['the journal does not say which layer the destination receives'] };
+  if (vm === undefined || vm.qmp.closed || !(await vm.alive())) {
+    notes.push('the source QEMU is gone after the switch to post-copy: the VM is lost; boot it again from its disk');
+    return { kind: 'in-doubt', notes };
+  }
+  try {
+    if ((await vm.qmp.execute('query-migrate')).status === 'postcopy-paused') {
+      const { migrationSocket } = await withTimeout('post-copy recovery', destination.recoverPostcopy({ migrationId: journal.migrationId }), callMs);
+      await vm.qmp.execute('migrate', { uri: `unix:${migrationSocket}`, resume: true });
+      notes.push('resumed the broken post-copy stream');
+    }
+    await withTimeout('destination switchover', destination.switchover({ migrationId: journal.migrationId, layerId: journal.received.id, layerLeaves: journal.received.leaves }), callMs);
+  } catch (error) {
+    notes.push(`the destination could not resume the guest: ${(error as Error).message}; run recovery again`);
+    return { kind: 'in-doubt', notes };
+  }
+  await writeSourceJournal(input.vmDir, { ...journal, step: 'destination-running' });
+  const result = await finishCommit({ ...input, journal: { ...journal, step: 'destination-running' } }, true);
+  return result.kind === 'committed' ? { ...result, notes: [...notes, ...result.notes] } : result;
 }
 
 async function rollBack(input: RecoverMigrationInput, resume: 'now' | 'after-destination-abort'): Promise<RecoveryResult> {

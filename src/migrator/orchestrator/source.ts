@@ -62,6 +62,8 @@ export interface MigrateVmInput {
   maxChainDepth?: number;
   /** Convergence-watch tuning. */
   convergence?: Partial<Omit<ConvergenceConfig, 'strategy' | 'downtimeLimitMs'>>;
+  /** Migration capabilities to set on top of the orchestrator's own (e.g. `{ multifd: true }`); for benchmarks. */
+  qemuCapabilities?: Record<string, boolean>;
 }
 
 /** Thrown inside a phase with the message a user reads; `outcome` overrides the default rollback outcome. */
@@ -111,6 +113,9 @@ class SourceMigration {
   #postcopyStarted = false;
   #postcopyAtPass: number | undefined;
   #autoConverge = false;
+  /** auto-converge is usable: KVM only (QEMU 7.2 corrupts TCG guests it throttles). */
+  #throttleAvailable = false;
+  #downtimeLimitMs = DEFAULT_DOWNTIME_LIMIT_MS;
   #sourceWasRunning = true;
   #diskAtReady = 0;
   #diskAtPreSwitchover = 0;
@@ -156,6 +161,8 @@ class SourceMigration {
         await this.#enter('memory', () => this.#doMemory());
         await this.#enter('switchover', () => this.#doSwitchover());
       } catch (error) {
+        // Once QEMU entered post-copy the source cannot run the guest again (QEMU 7.2): forward only.
+        if (this.#postcopyStarted) throw this.#postcopyUnfinished(error);
         throw await this.#rollBack(error);
       }
       // The destination runs the guest: from here on, forward only.
@@ -283,20 +290,25 @@ class SourceMigration {
     );
     const { options } = this.#in;
     const qmp = this.#vm.qmp;
+    this.#throttleAvailable = (await qmp.execute('query-kvm')).enabled;
+    this.#downtimeLimitMs = options.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
+    // Pre-copy under KVM keeps auto-converge armed but dormant (threshold 100 %): the convergence
+    // watch makes it bite, since capabilities cannot change while a migration runs. Never under
+    // TCG: QEMU 7.2 loses guest writes when it throttles a TCG vCPU during migration.
+    const armThrottle = !this.#usesPostcopy && this.#throttleAvailable;
     await setCapabilities(qmp, {
       events: true,
       xbzrle: true,
       'pause-before-switchover': true,
       'postcopy-ram': this.#usesPostcopy,
-      // Pre-copy keeps auto-converge armed but dormant (threshold 100 %); the convergence watch
-      // makes it bite (capabilities cannot change while a migration runs).
-      'auto-converge': !this.#usesPostcopy,
+      'auto-converge': armThrottle,
+      ...this.#in.qemuCapabilities,
     });
     await qmp.execute('migrate-set-parameters', {
-      'downtime-limit': options.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS,
+      'downtime-limit': this.#downtimeLimitMs,
       'max-bandwidth': options.maxBandwidth ?? UNLIMITED_BANDWIDTH,
       'max-postcopy-bandwidth': options.maxBandwidth ?? 0,
-      ...(this.#usesPostcopy ? {} : { 'throttle-trigger-threshold': 100, 'cpu-throttle-initial': 20, 'cpu-throttle-increment': 10 }),
+      ...(armThrottle ? { 'throttle-trigger-threshold': 100, 'cpu-throttle-initial': 20, 'cpu-throttle-increment': 10 } : {}),
     });
   }
 
@@ -364,7 +376,9 @@ class SourceMigration {
       ...(this.#in.options.hybridPrecopyPasses === undefined ? {} : { hybridPrecopyPasses: this.#in.options.hybridPrecopyPasses }),
       ...this.#in.convergence,
       strategy: this.#strategy,
-      downtimeLimitMs: this.#in.options.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS,
+      downtimeLimitMs: this.#downtimeLimitMs,
+      throttleAvailable: this.#throttleAvailable,
+      downtimeCeilingMs: this.#in.options.downtimeCeilingMs ?? this.#downtimeLimitMs * 4,
     };
     await qmp.execute('migrate', { uri: `unix:${prepared.migrationSocket}` });
     this.#migrateStarted = true;
@@ -411,10 +425,11 @@ class SourceMigration {
               dirtyPagesRate: sample.dirtyPagesRate,
               postcopy: this.#postcopyRequested,
               autoConverge: this.#autoConverge,
+              cpuThrottlePercent: info['cpu-throttle-percentage'] ?? 0,
             },
           });
           if (acting) return;
-          const action = convergenceDecision(this.#samples, config, { postcopyStarted: this.#postcopyRequested, autoConverge: this.#autoConverge });
+          const action = convergenceDecision(this.#samples, config, { postcopyStarted: this.#postcopyRequested, autoConverge: this.#autoConverge, downtimeLimitMs: this.#downtimeLimitMs });
           if (action.kind === 'wait') return;
           acting = true;
           try {
@@ -422,10 +437,13 @@ class SourceMigration {
               await qmp.execute('migrate-start-postcopy');
               this.#postcopyRequested = true;
               this.#postcopyAtPass = sample.dirtySyncCount;
-            } else {
-              // Arm auto-converge: throttle as soon as the guest dirties more than 10 % of what is sent.
+            } else if (action.kind === 'enable-auto-converge') {
+              // Make auto-converge bite: throttle as soon as the guest dirties more than 10 % of what is sent.
               await qmp.execute('migrate-set-parameters', { 'throttle-trigger-threshold': 10 });
               this.#autoConverge = true;
+            } else {
+              await qmp.execute('migrate-set-parameters', { 'downtime-limit': action.toMs });
+              this.#downtimeLimitMs = action.toMs;
             }
             this.#decisions.push(`${action.kind} at pass ${sample.dirtySyncCount}: ${action.reason}`);
             this.#emit({ message: action.reason });
@@ -478,10 +496,28 @@ class SourceMigration {
         },
       },
     );
-    if (reached === 'postcopy-active') this.#postcopyStarted = true;
-    // The destination now has the device state. It resumes the guest and confirms.
+    const request = { migrationId: this.#id, layerId: plan.received.id, layerLeaves: plan.received.leaves };
     this.#switchoverRequested = true;
-    await this.#call('resume the guest', () => this.#in.destination.switchover({ migrationId: this.#id, layerId: plan.received.id, layerLeaves: plan.received.leaves }));
+    if (reached === 'postcopy-active') {
+      // Point of no return for post-copy: part of the memory now lives only at the destination's
+      // side of the stream, and QEMU 7.2 cannot resume this source. Ask the destination to resume,
+      // retrying (switchover is idempotent); a persistent failure leaves it to recoverMigration.
+      this.#postcopyStarted = true;
+      await this.#step('switchover');
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.#call('resume the guest', () => this.#in.destination.switchover(request), { abortable: false });
+          break;
+        } catch (error) {
+          if (attempt >= 3) throw error;
+          this.#warnings.push(`switchover attempt ${attempt} failed (${(error as Error).message}); retrying`);
+          await new Promise((r) => setTimeout(r, 500 * attempt));
+        }
+      }
+    } else {
+      // The destination now has the device state. It resumes the guest and confirms.
+      await this.#call('resume the guest', () => this.#in.destination.switchover(request));
+    }
     this.#observedDowntimeMs = performance.now() - this.#stop.localMs;
     // ── point of no return ──
     await this.#step('destination-running', { destinationResumedAtMs: Date.now() });
@@ -555,7 +591,7 @@ class SourceMigration {
       }
       if (status === 'completed') return;
       if (status === 'failed' || performance.now() > recoverBy) {
-        await this.#resumeFromSwitchoverPoint(status === 'failed' ? 'QEMU reports the post-copy stream failed' : `the post-copy stream could not be recovered within ${Math.round(this.#timeouts.postcopyRecoveryMs / 1000)} s`);
+        throw this.#postcopyUnfinished(new PhaseFailure(status === 'failed' ? 'QEMU reports the post-copy stream failed' : `the post-copy stream could not be recovered within ${Math.round(this.#timeouts.postcopyRecoveryMs / 1000)} s`));
       }
       // postcopy-paused: the stream broke. Ask the destination to listen again and resume on it.
       this.#emit({ message: 'post-copy stream broke; recovering' });
@@ -572,22 +608,13 @@ class SourceMigration {
     }
   }
 
-  /**
-   * Post-copy failed for good after the destination resumed. The source still holds the guest's
-   * memory and disk as they were at the switchover point: if the destination confirms it stopped
-   * its copy, resume here from that point (the guest loses what it did since); else stay paused.
-   */
-  async #resumeFromSwitchoverPoint(why: string): Promise<never> {
-    try {
-      await this.#call('abort its copy of the VM', () => this.#in.destination.abort({ migrationId: this.#id, reason: why }), { abortable: false, timeoutMs: 15_000 });
-    } catch (error) {
-      await this.#step('destination-running');
-      throw this.#error('commit', 'source-paused-in-doubt', `${why}, and the destination could not be told to stop (${(error as Error).message})`);
+  /** Post-copy started and could not be finished: nothing is rolled back, the journal is kept for recovery. */
+  #postcopyUnfinished(cause: unknown): MigrationError {
+    if (cause instanceof MigrationError) return cause;
+    if (cause instanceof QemuGoneError || this.#vm.qmp.closed) {
+      return this.#error(this.#phase, 'source-lost', 'the source QEMU exited after the switch to post-copy, with memory the destination had not received; the VM is lost, boot it again from its disk', cause);
     }
-    await this.#vm.qmp.execute('migrate_cancel').catch(() => undefined);
-    await this.#vm.qmp.execute('cont');
-    await removeFile(sourceJournalPath(this.#vmDir));
-    throw this.#error('commit', 'resumed-from-switchover-point', why);
+    return this.#error(this.#phase, 'postcopy-unfinished', `${describe(cause, undefined)}.`, cause);
   }
 
   #lostAfterSwitchover(why: string): MigrationError {
@@ -722,6 +749,7 @@ class SourceMigration {
         requested: this.#strategy,
         used: this.#postcopyStarted ? 'postcopy' : 'precopy',
         autoConverge: this.#autoConverge,
+        downtimeLimitMs: this.#downtimeLimitMs,
         postcopyAtPass: this.#postcopyAtPass,
         decisions: [...this.#decisions],
       },

@@ -34,6 +34,13 @@ export function sampleOf(info: QemuMigrationStats, atMs: number): MigrationSampl
 export interface ConvergenceConfig {
   strategy: MemoryStrategy;
   downtimeLimitMs: number;
+  /**
+   * Whether auto-converge (vCPU throttling) may be used. Not under TCG: QEMU 7.2 corrupts guest
+   * memory when it throttles a TCG guest during migration (see docs/migration.md).
+   */
+  throttleAvailable: boolean;
+  /** Without throttling, a stalled pre-copy may raise downtime-limit up to this. */
+  downtimeCeilingMs: number;
   /** hybrid: switch to post-copy once this many passes are complete. */
   hybridPrecopyPasses: number;
   /** Do not judge convergence before this pass (the first passes move the bulk). */
@@ -46,7 +53,7 @@ export interface ConvergenceConfig {
   maxPasses: number;
 }
 
-export const DEFAULT_CONVERGENCE: Omit<ConvergenceConfig, 'strategy' | 'downtimeLimitMs'> = {
+export const DEFAULT_CONVERGENCE: Omit<ConvergenceConfig, 'strategy' | 'downtimeLimitMs' | 'throttleAvailable' | 'downtimeCeilingMs'> = {
   hybridPrecopyPasses: 1,
   judgeFromPass: 4,
   stallPasses: 2,
@@ -57,12 +64,15 @@ export const DEFAULT_CONVERGENCE: Omit<ConvergenceConfig, 'strategy' | 'downtime
 export interface ConvergenceState {
   postcopyStarted: boolean;
   autoConverge: boolean;
+  /** The downtime-limit in force now (it may have been raised). */
+  downtimeLimitMs: number;
 }
 
 export type ConvergenceAction =
   | { kind: 'wait' }
   | { kind: 'start-postcopy'; reason: string }
-  | { kind: 'enable-auto-converge'; reason: string };
+  | { kind: 'enable-auto-converge'; reason: string }
+  | { kind: 'raise-downtime-limit'; toMs: number; reason: string };
 
 /** The expected downtime QEMU reports, or remaining / rate when it does not say. */
 export function expectedDowntime(sample: MigrationSample): number | undefined {
@@ -93,7 +103,7 @@ export function convergenceDecision(samples: readonly MigrationSample[], config:
   }
   if (pass < config.judgeFromPass) return { kind: 'wait' };
   const expected = expectedDowntime(last);
-  if (expected !== undefined && expected <= config.downtimeLimitMs) return { kind: 'wait' };
+  if (expected !== undefined && expected <= state.downtimeLimitMs) return { kind: 'wait' };
 
   const byPass = dirtySetByPass(samples);
   const now = byPass.get(pass);
@@ -105,10 +115,13 @@ export function convergenceDecision(samples: readonly MigrationSample[], config:
   const why = tooLong
     ? `still ${fmtBytes(last.remaining)} dirty after ${pass} passes`
     : `the dirty set is not shrinking (${fmtBytes(before ?? 0)} → ${fmtBytes(now ?? 0)} over ${config.stallPasses} passes)`;
-  const reason = `${why}; expected downtime ${expected === undefined ? 'unknown' : `${Math.round(expected)} ms`} > limit ${config.downtimeLimitMs} ms`;
+  const reason = `${why}; expected downtime ${expected === undefined ? 'unknown' : `${Math.round(expected)} ms`} > limit ${state.downtimeLimitMs} ms`;
   if (config.strategy !== 'precopy') return { kind: 'start-postcopy', reason };
-  if (!state.autoConverge) return { kind: 'enable-auto-converge', reason };
-  return { kind: 'wait' };
+  if (config.throttleAvailable) return state.autoConverge ? { kind: 'wait' } : { kind: 'enable-auto-converge', reason };
+  // No throttling (TCG): accept a longer pause, step by step, up to the ceiling.
+  if (state.downtimeLimitMs >= config.downtimeCeilingMs) return { kind: 'wait' };
+  const toMs = Math.min(config.downtimeCeilingMs, Math.max(state.downtimeLimitMs * 2, Math.ceil((expected ?? 0) * 1.25)));
+  return { kind: 'raise-downtime-limit', toMs, reason: `${reason}; throttling is unavailable under TCG` };
 }
 
 function fmtBytes(n: number): string {

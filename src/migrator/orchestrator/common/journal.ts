@@ -43,6 +43,8 @@ export type RecoveryAction =
   | { kind: 'roll-back'; resumeSource: 'now' }
   /** During switchover: the destination may have resumed; resume the source only once the destination confirms its abort. */
   | { kind: 'roll-back'; resumeSource: 'after-destination-abort' }
+  /** Post-copy started but the destination has not confirmed: ask it to resume the guest (recovering the stream if needed), then finish the commit. */
+  | { kind: 'finish-switchover' }
   /** The destination runs the guest: quit the source (after post-copy completes), freeze its top, commit. */
   | { kind: 'finish-commit'; waitForPostcopy: boolean; freezeTop: boolean };
 
@@ -58,6 +60,8 @@ export function decideRecovery(journal: SourceJournal): RecoveryAction {
     case 'memory':
       return { kind: 'roll-back', resumeSource: 'now' };
     case 'switchover':
+      // QEMU 7.2 cannot resume a source that entered post-copy: only forward.
+      if (journal.postcopyStarted) return { kind: 'finish-switchover' };
       return { kind: 'roll-back', resumeSource: 'after-destination-abort' };
     case 'destination-running':
       return { kind: 'finish-commit', waitForPostcopy: journal.postcopyStarted, freezeTop: true };

@@ -14,6 +14,11 @@ export interface MigrationOptions {
   downtimeLimitMs?: number;
   /** hybrid: complete dirty-sync passes before switching to post-copy. Default 1 (the bulk pass). */
   hybridPrecopyPasses?: number;
+  /**
+   * pre-copy under TCG (no auto-converge, see docs/migration.md): how far the convergence watch may
+   * raise downtime-limit when the migration stalls. Default 4 × downtimeLimitMs.
+   */
+  downtimeCeilingMs?: number;
 }
 
 /**
@@ -76,16 +81,19 @@ export function phaseWords(phase: MigrationPhase): string {
  *   stop it, so the source stays paused (never both running). Run recovery when the peer is back.
  * - `source-lost`: the source QEMU died before the destination had the whole state; the VM is
  *   stopped, its disk intact at the source (boot it again).
- * - `resumed-from-switchover-point`: post-copy only: the destination failed after it resumed and the
- *   stream could not be recovered; the source resumed the guest from the switchover point (the
- *   guest's work at the destination since then is lost, its memory and disk stay consistent).
+ * - `postcopy-unfinished`: QEMU had switched to post-copy (the guest's memory is split between the
+ *   sites) and the switch could not be finished: the destination did not resume the guest, or the
+ *   stream could not be recovered. QEMU 7.2 cannot return a source that entered post-copy to
+ *   running, so nothing is rolled back: the source QEMU and the journal are kept and
+ *   recoverMigration finishes the move once the destination is reachable. If the destination QEMU
+ *   is gone the VM is lost and must be booted again from its disk.
  */
 export type FailureOutcome =
   | 'rolled-back'
   | 'rolled-back-destination-unconfirmed'
   | 'source-paused-in-doubt'
   | 'source-lost'
-  | 'resumed-from-switchover-point';
+  | 'postcopy-unfinished';
 
 export class MigrationError extends Error {
   override readonly name = 'MigrationError';
@@ -113,8 +121,8 @@ function outcomeAdvice(outcome: FailureOutcome): string {
       return 'The VM is paused here because the destination could not be reached to learn whether it resumed the guest; run recovery (recoverMigration) once the peer is reachable.';
     case 'source-lost':
       return "The VM's QEMU at this site exited, so the VM is stopped; its disk is intact here: start it again.";
-    case 'resumed-from-switchover-point':
-      return 'The VM was resumed here from the moment it left; what it did at the destination since then is lost.';
+    case 'postcopy-unfinished':
+      return "Post-copy had started, so the move can only go forward: the source QEMU and the journal are kept; run recovery (recoverMigration) once the destination is reachable. If the destination's QEMU is gone, the VM is lost and must be started again from its disk.";
   }
 }
 
@@ -133,7 +141,7 @@ export interface MigrationProgress {
   remainingBytes: number;
   /** remaining / rate; null when unknown. Memory passes re-dirty pages, so it is a lower bound. */
   etaMs: number | null;
-  memory?: { status: string; pass: number; expectedDowntimeMs: number | undefined; dirtyPagesRate: number; postcopy: boolean; autoConverge: boolean };
+  memory?: { status: string; pass: number; expectedDowntimeMs: number | undefined; dirtyPagesRate: number; postcopy: boolean; autoConverge: boolean; cpuThrottlePercent: number };
   message?: string;
 }
 
@@ -150,7 +158,10 @@ export interface MigrationResult {
     requested: MemoryStrategy;
     /** `postcopy` if QEMU switched to post-copy, else `precopy`. */
     used: 'precopy' | 'postcopy';
+    /** Whether the watch made auto-converge throttle the guest (KVM only). */
     autoConverge: boolean;
+    /** The downtime-limit in force at the end (raised by the watch when pre-copy stalled under TCG). */
+    downtimeLimitMs: number;
     /** Dirty-sync pass at which post-copy started, if it did. */
     postcopyAtPass: number | undefined;
     /** Why the convergence watch acted, if it did. */
