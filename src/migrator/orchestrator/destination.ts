@@ -296,6 +296,9 @@ export class MigrationDestination implements DestinationSite {
       try {
         let status = (await vm.qmp.execute('query-migrate')).status;
         if (status === 'completed') throw new DestinationError('the incoming migration already completed; nothing to recover');
+        // Still listening from an earlier attempt whose resume never connected: offer the same socket.
+        const listening = journal.sockets.at(-1);
+        if (status === 'postcopy-recover' && listening !== undefined && journal.sockets.length > 2) return { migrationSocket: listening };
         if (status !== 'postcopy-active' && status !== 'postcopy-paused') {
           throw new DestinationError(`the incoming migration is ${status}, not in post-copy; only a post-copy stream can be recovered`);
         }

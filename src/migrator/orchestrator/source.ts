@@ -382,6 +382,13 @@ class SourceMigration {
     };
     await qmp.execute('migrate', { uri: `unix:${prepared.migrationSocket}` });
     this.#migrateStarted = true;
+    if (this.#strategy === 'postcopy') {
+      // Accepted once the migration started; QEMU switches at its next iteration.
+      await qmp.execute('migrate-start-postcopy');
+      this.#postcopyRequested = true;
+      this.#postcopyAtPass = 1;
+      this.#decisions.push('start-postcopy at once: post-copy strategy');
+    }
     const started = performance.now();
     let lastTransferred = -1;
     let lastProgressAt = performance.now();
@@ -401,7 +408,7 @@ class SourceMigration {
       {
         timeoutMs: 24 * 3600_000,
         signal: this.#in.signal,
-        pollMs: 250,
+        pollMs: 100,
         poll: async () => {
           const info = await qmp.execute('query-migrate');
           if (info.status !== undefined && this.#watch.migrationStatus !== 'pre-switchover') this.#watch.migrationStatus = info.status;
@@ -614,7 +621,8 @@ class SourceMigration {
     if (cause instanceof QemuGoneError || this.#vm.qmp.closed) {
       return this.#error(this.#phase, 'source-lost', 'the source QEMU exited after the switch to post-copy, with memory the destination had not received; the VM is lost, boot it again from its disk', cause);
     }
-    return this.#error(this.#phase, 'postcopy-unfinished', `${describe(cause, undefined)}.`, cause);
+    const attempts = this.#warnings.length > 0 ? ` (${this.#warnings.slice(-3).join('; ')})` : '';
+    return this.#error(this.#phase, 'postcopy-unfinished', `${describe(cause, undefined)}${attempts}.`, cause);
   }
 
   #lostAfterSwitchover(why: string): MigrationError {
