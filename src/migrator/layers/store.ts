@@ -12,6 +12,7 @@
 // relative path from that folder.
 import { copyFile, mkdir, open, readFile, readdir, rename, rm, stat, unlink } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
+import { pathExists } from '../local-io.ts';
 import { createHash } from 'node:crypto';
 import { dirname, join, relative } from 'node:path';
 import { z } from 'zod';
@@ -40,15 +41,6 @@ export interface VerifyResult {
   /** Whether the content was read (false: unchanged file since the last verification). */
   reread: boolean;
   reason?: string;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Writes a file and its directory entry durably: temp file, fsync, rename, fsync the folder. */
@@ -198,7 +190,7 @@ export class LayerStore {
     if (options.over !== null && this.#index.layers[options.over] === undefined) {
       throw new LayerStoreError(`cannot put a top over layer ${options.over}: it is not in the store ${this.dir}`);
     }
-    if (await exists(file)) throw new LayerStoreError(`${file} already exists; refusing to overwrite a disk image`);
+    if (await pathExists(file)) throw new LayerStoreError(`${file} already exists; refusing to overwrite a disk image`);
     await mkdir(dirname(file), { recursive: true });
     await createImage(file, options.virtualSize, options.over === null ? null : this.backingNameFrom(dirname(file), options.over));
   }
@@ -226,7 +218,7 @@ export class LayerStore {
       const target = this.layerPath(layer.id);
       const existing = this.#index.layers[layer.id];
       if (existing !== undefined) {
-        if (existing.parent === layer.parent && existing.leaves.join(',') === layer.leaves.join(',') && (await exists(target))) {
+        if (existing.parent === layer.parent && existing.leaves.join(',') === layer.leaves.join(',') && (await pathExists(target))) {
           if (file !== target) await rm(file, { force: true });
           return structuredClone(existing);
         }

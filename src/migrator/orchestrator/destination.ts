@@ -14,8 +14,8 @@
 //
 // Each incoming migration keeps a journal (<vm>/incoming-<id>.json) so a restarted agent can adopt
 // or clean up (`recoverIncoming`).
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
-import { connect } from 'node:net';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { pathExists, socketAccepts } from '../local-io.ts';
 import { dirname, join, relative } from 'node:path';
 import { VmHandle } from '../qemu/vm.ts';
 import { checkVmName, DISK_NODE, vmPaths, type Accel, type VmSpec } from '../qemu/common/spec.ts';
@@ -69,26 +69,6 @@ function short(migrationId: string): string {
   return migrationId.replaceAll('-', '').slice(0, 8);
 }
 
-function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export class MigrationDestination implements DestinationSite {
   readonly #o: DestinationOptions;
   readonly #incoming = new Map<string, Incoming>();
@@ -138,7 +118,7 @@ export class MigrationDestination implements DestinationSite {
     if (this.#incoming.has(migrationId)) throw new DestinationError(`migration ${migrationId} is already being prepared here`);
     for (const other of [...this.#incoming.values()]) {
       // The journal is the truth: an entry whose journal is gone was cleaned up by another instance.
-      if (!(await exists(incomingJournalPath(dirname(other.journal.topFile), other.journal.migrationId)))) {
+      if (!(await pathExists(incomingJournalPath(dirname(other.journal.topFile), other.journal.migrationId)))) {
         this.#incoming.delete(other.journal.migrationId);
         continue;
       }
@@ -147,7 +127,7 @@ export class MigrationDestination implements DestinationSite {
     const paths = vmPaths(vmDir);
     if (await socketAccepts(paths.qmp)) throw new DestinationError(`VM "${name}" is already running at this site; a VM cannot arrive where it runs`);
     const topFile = join(vmDir, TOP_FILE);
-    if (await exists(topFile)) {
+    if (await pathExists(topFile)) {
       throw new DestinationError(`${topFile} exists: this site still holds a disk top for VM "${name}" (it runs or ran here and was not migrated away); remove the VM here first`);
     }
     for (const sha of [kernelSha, initrdSha]) {

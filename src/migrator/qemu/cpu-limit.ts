@@ -1,21 +1,13 @@
 // Caps a QEMU process's CPU with a cgroup CPU quota. snowbird uses it to make the edge the slower
 // site on one machine (tests, benchmarks); users can use it to keep a VM from starving the laptop.
-import { mkdir, writeFile, access, rmdir } from 'node:fs/promises';
+import { mkdir, writeFile, rmdir } from 'node:fs/promises';
+import { pathExists } from '../local-io.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CpuLimitError } from './errors.ts';
 
 const CGROUP_V1_CPU = '/sys/fs/cgroup/cpu';
 const CGROUP_V2 = '/sys/fs/cgroup';
 const PERIOD_US = 100_000;
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function groupName(vm: string): string {
   return `snowbird-${vm}`;
@@ -26,7 +18,7 @@ export async function applyCpuLimit(vm: string, pid: number, percent: number): P
   if (!(percent > 0 && percent <= 100_000)) throw new CpuLimitError(`limit must be a positive percentage, got ${percent}`);
   const quota = Math.max(1000, Math.round((PERIOD_US * percent) / 100));
   try {
-    if (await exists(`${CGROUP_V1_CPU}/cpu.cfs_quota_us`)) {
+    if (await pathExists(`${CGROUP_V1_CPU}/cpu.cfs_quota_us`)) {
       const dir = `${CGROUP_V1_CPU}/${groupName(vm)}`;
       await mkdir(dir, { recursive: true });
       await writeFile(`${dir}/cpu.cfs_period_us`, String(PERIOD_US));
@@ -34,7 +26,7 @@ export async function applyCpuLimit(vm: string, pid: number, percent: number): P
       await writeFile(`${dir}/cgroup.procs`, String(pid));
       return dir;
     }
-    if (await exists(`${CGROUP_V2}/cgroup.controllers`)) {
+    if (await pathExists(`${CGROUP_V2}/cgroup.controllers`)) {
       const dir = `${CGROUP_V2}/${groupName(vm)}`;
       await mkdir(dir, { recursive: true });
       await writeFile(`${dir}/cpu.max`, `${quota} ${PERIOD_US}`);

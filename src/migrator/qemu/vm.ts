@@ -2,7 +2,6 @@
 // managing process restarted, pause/resume, graceful shutdown, kill. QEMU is driven only through QMP
 // on a unix socket; it runs daemonized so it outlives the agent or CLI that started it.
 import { spawn } from 'node:child_process';
-import { connect } from 'node:net';
 import { mkdir, rm, access } from 'node:fs/promises';
 import { constants as fsConstants } from 'node:fs';
 import { delimiter, join } from 'node:path';
@@ -12,6 +11,7 @@ import { buildQemuArgv, type Accel, type VmPaths, type VmSpec } from './common/s
 import { QemuNotFoundError, VmAdoptError, VmControlError, VmSocketInUseError, VmStartError, VmStopError } from './errors.ts';
 import { commandLineOf, isAlive, readPidFile, waitForExit } from './process-info.ts';
 import { applyCpuLimit, removeCpuLimit } from './cpu-limit.ts';
+import { socketAccepts } from '../local-io.ts';
 
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -69,21 +69,6 @@ function classify(qemuStatus: string): RunState {
     default:
       return 'other';
   }
-}
-
-/**
- * True if something accepts connections on the socket. A plain connect, not a QMP handshake: QEMU
- * serves one QMP client at a time and greets a second one only when the first leaves.
- */
-function socketAccepts(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect(path);
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
 }
 
 export class VmHandle {
