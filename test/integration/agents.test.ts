@@ -2,7 +2,6 @@
 // demo guest back and forth with its memory and disk invariants running. Failure injection per
 // phase is covered in-process by migration.test.ts; through two agent processes it is not yet
 // (a destination QEMU killed mid-memory hangs the CLI's migrate: see the issue notes).
-import { migrationSuiteSkip } from '../support/tcg-migration.ts';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AgentPair } from '../support/agents.ts';
@@ -42,7 +41,7 @@ async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = [
   return JSON.parse(r.stdout) as MigrationRecord;
 }
 
-describe('two agents move the demo guest', { timeout: 30 * 60_000, skip: migrationSuiteSkip }, () => {
+describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   let pair: AgentPair;
 
   before(async () => {

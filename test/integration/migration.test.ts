@@ -6,7 +6,6 @@
 // One VM makes several round trips A→B→A… with its memory and disk workloads running; after every
 // trip and every injected failure, the guest's own checkers must report zero violations, its
 // uptime must never go backwards and it must never say `ready` again (no reboot).
-import { migrationSuiteSkip } from '../support/tcg-migration.ts';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -205,7 +204,7 @@ async function destinationLeftovers(site: Site): Promise<string[]> {
   return found;
 }
 
-describe('live migration with disk, A ⇄ B', { timeout: 600_000, skip: migrationSuiteSkip }, () => {
+describe('live migration with disk, A ⇄ B', { timeout: 600_000 }, () => {
   let A: Site;
   let B: Site;
   let bridgeRoot: string;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildQemuArgv, checkVmName, vmPaths, type VmSpec } from '../../src/migrator/qemu/common/spec.ts';
+import { TCG_RAM_PAD_KIB, buildQemuArgv, checkVmName, vmPaths, type VmSpec } from '../../src/migrator/qemu/common/spec.ts';
 
 const spec: VmSpec = {
   name: 'demo',
@@ -27,13 +27,19 @@ test('argv puts every QEMU endpoint on a unix socket, none on the network', () =
 
 test('argv carries memory, vCPUs, accel, kernel command line and a migratable CPU model', () => {
   const argv = buildQemuArgv(spec, paths, { accel: 'kvm' });
-  assert.deepEqual(optionValues(argv, '-m'), ['256']);
+  assert.deepEqual(optionValues(argv, '-m'), ['256M']);
   assert.deepEqual(optionValues(argv, '-smp'), ['2']);
   assert.deepEqual(optionValues(argv, '-accel'), ['kvm']);
   assert.deepEqual(optionValues(argv, '-cpu'), ['qemu64']);
   assert.deepEqual(optionValues(argv, '-append'), ['console=ttyS0 panic=-1 sb.mem=64 sb.disk=4096']);
   assert.ok(argv.includes('-daemonize'));
   assert.ok(!argv.includes('-S'));
+});
+
+test('under TCG the RAM size is one bitmap word off 256 KiB, so QEMU 7.2 tracks every write during migration', () => {
+  const [size] = optionValues(buildQemuArgv(spec, paths, { accel: 'tcg' }), '-m');
+  assert.equal(size, `${256 * 1024 + TCG_RAM_PAD_KIB}k`);
+  assert.notEqual((256 * 1024 + TCG_RAM_PAD_KIB) % 256, 0, 'not a multiple of 256 KiB');
 });
 
 test('a migration destination starts paused, waiting for migrate-incoming', () => {

@@ -73,6 +73,21 @@ function optValue(value: string): string {
   return value.replaceAll(',', ',,');
 }
 
+/**
+ * QEMU before 9.0 forgets to reset TCG's TLB when its dirty-bitmap sync takes the fast path, which
+ * it does for a RAM block whose size is a multiple of 256 KiB (one 64-page bitmap word): guest
+ * writes through TLB entries cached before a sync are then never marked dirty, and pre-copy hands
+ * the destination stale pages (a whole working set per trip in our tests; fixed upstream by
+ * "physmem: Fix migration dirty bitmap coherency with TCG memory access"). Eight KiB more RAM sends
+ * QEMU down its per-page path, which does reset the TLB. KVM tracks dirty pages itself and keeps
+ * the exact size. Both sites compute this from the same accelerator, so their RAM sizes agree.
+ */
+export const TCG_RAM_PAD_KIB = 8;
+
+function memoryOption(memoryMiB: number, accel: Accel): string {
+  return accel === 'tcg' ? `${memoryMiB * 1024 + TCG_RAM_PAD_KIB}k` : `${memoryMiB}M`;
+}
+
 export function buildQemuArgv(spec: VmSpec, paths: VmPaths, launch: LaunchOptions): string[] {
   const append = ['console=ttyS0', 'panic=-1', spec.boot.append].filter((s) => s.length > 0).join(' ');
   const argv = [
@@ -81,7 +96,7 @@ export function buildQemuArgv(spec: VmSpec, paths: VmPaths, launch: LaunchOption
     '-accel', launch.accel,
     // A fixed, migratable CPU model: `-cpu host` ties the VM to one host's CPU and breaks migration.
     '-cpu', 'qemu64',
-    '-m', String(spec.memoryMiB),
+    '-m', memoryOption(spec.memoryMiB, launch.accel),
     '-smp', String(spec.vcpus),
     '-nodefaults', '-no-user-config',
     '-kernel', spec.boot.kernel,
