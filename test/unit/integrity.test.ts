@@ -36,12 +36,32 @@ test('a heartbeat seen after attaching late carries the violations that happened
   assert.equal(s.disk.violations, 3);
 });
 
-test('uptime going backwards means the guest rebooted', () => {
+test('one process\'s uptime going backwards means the guest rebooted', () => {
   const s = fold([
     '{"type":"mem-heartbeat","uptime_ms":50000,"pass":10,"mib":64,"violations":0}',
     '{"type":"ready","uptime_ms":1200,"mem_mib":64,"disk_blocks":4096}',
+    '{"type":"mem-heartbeat","uptime_ms":2200,"pass":1,"mib":64,"violations":0}',
   ]);
   assert.equal(s.rebooted, true);
+  assert.equal(s.uptimeMs, 50000);
+});
+
+test('a second ready means the guest rebooted', () => {
+  const s = fold([
+    '{"type":"ready","uptime_ms":1200,"mem_mib":64,"disk_blocks":4096}',
+    '{"type":"ready","uptime_ms":1300,"mem_mib":64,"disk_blocks":4096}',
+  ]);
+  assert.equal(s.rebooted, true);
+});
+
+test('two processes\' lines arriving out of uptime order are not a reboot', () => {
+  // sbmem read the clock, then stalled on a post-copy page fault while sbdisk wrote a newer line.
+  const s = fold([
+    '{"type":"disk-heartbeat","uptime_ms":61000,"pass":5,"blocks":4096,"verified":20000,"violations":0}',
+    '{"type":"mem-heartbeat","uptime_ms":58000,"pass":10,"mib":64,"violations":0}',
+  ]);
+  assert.equal(s.rebooted, false);
+  assert.equal(s.uptimeMs, 61000);
 });
 
 test('garbage lines change nothing', () => {

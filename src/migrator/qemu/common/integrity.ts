@@ -13,9 +13,11 @@ export interface WorkloadIntegrity {
 
 export interface IntegritySummary {
   ready: boolean;
-  /** Guest uptime from the latest report; it only grows while the guest keeps running (no reboot). */
+  /** The highest guest uptime reported; it only grows while the guest keeps running (no reboot). */
   uptimeMs: number;
-  /** True if a report showed the guest's uptime going backwards: the guest rebooted. */
+  /** Latest uptime per guest process that reports it (see `writerOf`). */
+  uptimeByWriter: Partial<Record<GuestWriter, number>>;
+  /** True if one guest process's uptime went backwards, or the guest said `ready` twice: it rebooted. */
   rebooted: boolean;
   memory: WorkloadIntegrity;
   disk: WorkloadIntegrity;
@@ -26,6 +28,7 @@ export function emptyIntegrity(): IntegritySummary {
   return {
     ready: false,
     uptimeMs: 0,
+    uptimeByWriter: {},
     rebooted: false,
     memory: { heartbeats: 0, pass: 0, violations: 0 },
     disk: { heartbeats: 0, pass: 0, violations: 0 },
@@ -34,6 +37,20 @@ export function emptyIntegrity(): IntegritySummary {
 }
 
 const MAX_ERRORS = 20;
+
+type GuestWriter = 'ctl' | 'mem' | 'disk';
+
+/**
+ * The guest process that wrote a report. Each writes its lines in order, but lines of different
+ * processes can arrive out of uptime order: a process that read the clock and then stalled (on a
+ * post-copy page fault, say) writes an older uptime after another's newer one. Only one writer's
+ * uptime going backwards means the guest restarted.
+ */
+function writerOf(type: GuestReport['type']): GuestWriter {
+  if (type.startsWith('mem-')) return 'mem';
+  if (type.startsWith('disk-')) return 'disk';
+  return 'ctl';
+}
 
 /** The guest's heartbeat carries its cumulative count, which also covers lines we did not see. */
 function withHeartbeat(w: WorkloadIntegrity, beat: { pass: number; violations: number }): WorkloadIntegrity {
@@ -48,11 +65,14 @@ export function foldIntegrity(summary: IntegritySummary, report: GuestReport): I
   if (report.type === 'unparsed') return summary;
   const next: IntegritySummary = { ...summary };
   if ('uptime_ms' in report && typeof report.uptime_ms === 'number') {
-    if (report.uptime_ms < summary.uptimeMs) next.rebooted = true;
-    next.uptimeMs = report.uptime_ms;
+    const writer = writerOf(report.type);
+    if (report.uptime_ms < (summary.uptimeByWriter[writer] ?? 0)) next.rebooted = true;
+    next.uptimeByWriter = { ...summary.uptimeByWriter, [writer]: report.uptime_ms };
+    next.uptimeMs = Math.max(summary.uptimeMs, report.uptime_ms);
   }
   switch (report.type) {
     case 'ready':
+      if (summary.ready) next.rebooted = true;
       next.ready = true;
       break;
     case 'mem-heartbeat':
