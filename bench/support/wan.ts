@@ -12,6 +12,8 @@ export interface Wan {
   edgeAddress: string;
   /** Address of the namespace (core) end. */
   coreAddress: string;
+  /** The host (edge) end of the veth pair: its counters see every byte between the sites. */
+  hostInterface: string;
   rateMbit: number;
   /** argv prefix that runs a command inside the namespace. */
   execPrefix: string[];
@@ -56,5 +58,5 @@ export async function createWan(options: { rateMbit: number; id?: number }): Pro
     await dispose();
     throw error;
   }
-  return { namespace, edgeAddress, coreAddress, rateMbit: options.rateMbit, execPrefix: ['ip', 'netns', 'exec', namespace], dispose };
+  return { namespace, edgeAddress, coreAddress, hostInterface: hostIf, rateMbit: options.rateMbit, execPrefix: ['ip', 'netns', 'exec', namespace], dispose };
 }
