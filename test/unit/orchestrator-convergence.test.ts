@@ -55,6 +55,19 @@ describe('convergence watch', () => {
     assert.equal(replay(STALLED, config('precopy', 50, 'tcg'), { ...fresh, downtimeLimitMs: 200 }), undefined);
   });
 
+  test('pre-copy with no lever left gives up at maxPasses with an actionable reason (the VM stays at the source)', () => {
+    // TCG at the ceiling, and KVM with auto-converge already on: wait until maxPasses, then give up.
+    for (const [cfg, state] of [
+      [config('precopy', 50, 'tcg'), { ...fresh, downtimeLimitMs: 200 }],
+      [config('precopy', 50), { ...fresh, autoConverge: true }],
+    ] as const) {
+      const r = replay(STALLED, { ...cfg, maxPasses: 6 }, state);
+      assert.equal(r?.action.kind, 'give-up');
+      assert.equal(STALLED[r?.index ?? -1]?.dirtySyncCount, 6);
+      assert.match(r?.action.kind === 'give-up' ? r.action.reason : '', /pre-copy cannot converge.*dirties 25\.0 MiB\/s.*carries 23\.8 MiB\/s.*--strategy hybrid or postcopy/);
+    }
+  });
+
   test('hybrid switches to post-copy after its pre-copy pass(es)', () => {
     const r = replay(STALLED, config('hybrid', 50));
     assert.equal(r?.action.kind, 'start-postcopy');

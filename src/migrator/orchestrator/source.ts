@@ -13,7 +13,7 @@
 import { createReadStream } from 'node:fs';
 import { randomUUID } from 'node:crypto';
 import type { VmHandle } from '../qemu/vm.ts';
-import type { VmSpec } from '../qemu/common/spec.ts';
+import type { Accel, VmSpec } from '../qemu/common/spec.ts';
 import { QmpDisconnectedError } from '../qmp/errors.ts';
 import type { DestinationSite, MigrationOptions, PrepareReply } from '../site.ts';
 import type { LayerStore } from '../layers/store.ts';
@@ -114,7 +114,8 @@ class SourceMigration {
   #postcopyAtPass: number | undefined;
   #autoConverge = false;
   /** auto-converge is usable: KVM only (QEMU 7.2 corrupts TCG guests it throttles). */
-  #throttleAvailable = false;
+  /** The accelerator this QEMU runs under: the destination uses the same; throttling needs KVM. */
+  #accel: Accel = 'tcg';
   #downtimeLimitMs = DEFAULT_DOWNTIME_LIMIT_MS;
   #sourceWasRunning = true;
   #diskAtReady = 0;
@@ -278,6 +279,7 @@ class SourceMigration {
   async #doPrepare(): Promise<void> {
     const plan = this.#need(this.#plan);
     await this.#step('preparing', { received: { id: plan.received.id, leaves: plan.received.leaves }, diskMode: plan.mode });
+    this.#accel = (await this.#vm.qmp.execute('query-kvm')).enabled ? 'kvm' : 'tcg';
     this.#prepared = await this.#call('prepare to receive the VM', () =>
       this.#in.destination.prepare({
         migrationId: this.#id,
@@ -286,16 +288,16 @@ class SourceMigration {
         backingLayer: plan.backingLayer,
         virtualSize: this.#virtualSize,
         postcopy: this.#usesPostcopy,
+        accel: this.#accel,
       }),
     );
     const { options } = this.#in;
     const qmp = this.#vm.qmp;
-    this.#throttleAvailable = (await qmp.execute('query-kvm')).enabled;
     this.#downtimeLimitMs = options.downtimeLimitMs ?? DEFAULT_DOWNTIME_LIMIT_MS;
     // Pre-copy under KVM keeps auto-converge armed but dormant (threshold 100 %): the convergence
     // watch makes it bite, since capabilities cannot change while a migration runs. Never under
     // TCG: QEMU 7.2 loses guest writes when it throttles a TCG vCPU during migration.
-    const armThrottle = !this.#usesPostcopy && this.#throttleAvailable;
+    const armThrottle = !this.#usesPostcopy && this.#accel === 'kvm';
     await setCapabilities(qmp, {
       events: true,
       xbzrle: true,
@@ -377,7 +379,7 @@ class SourceMigration {
       ...this.#in.convergence,
       strategy: this.#strategy,
       downtimeLimitMs: this.#downtimeLimitMs,
-      throttleAvailable: this.#throttleAvailable,
+      throttleAvailable: this.#accel === 'kvm',
       downtimeCeilingMs: this.#in.options.downtimeCeilingMs ?? this.#downtimeLimitMs * 4,
     };
     await qmp.execute('migrate', { uri: `unix:${prepared.migrationSocket}` });
@@ -393,6 +395,7 @@ class SourceMigration {
     let lastTransferred = -1;
     let lastProgressAt = performance.now();
     let acting = false;
+    let gaveUp: string | undefined;
     await this.#watch.until(
       'the migration to reach the switchover point',
       () => {
@@ -402,6 +405,7 @@ class SourceMigration {
         const j = this.#watch.jobs.get(this.#jobId);
         if (j?.ended) throw new PhaseFailure(`the disk mirror stopped${j.ended.error ? `: ${j.ended.error}` : ''} (the NBD connection to the destination broke?)`);
         if (performance.now() - lastProgressAt > this.#timeouts.memoryStallMs) throw new PhaseFailure(`the memory stream made no progress for ${Math.round(this.#timeouts.memoryStallMs / 1000)} s`);
+        if (gaveUp !== undefined) throw new PhaseFailure(gaveUp);
         if (performance.now() - started > this.#timeouts.memoryTotalMs) throw new PhaseFailure(`memory did not converge within ${Math.round(this.#timeouts.memoryTotalMs / 60_000)} min; use post-copy or a higher bandwidth or downtime limit`);
         return undefined;
       },
@@ -444,6 +448,8 @@ class SourceMigration {
               await qmp.execute('migrate-start-postcopy');
               this.#postcopyRequested = true;
               this.#postcopyAtPass = sample.dirtySyncCount;
+            } else if (action.kind === 'give-up') {
+              gaveUp = action.reason;
             } else if (action.kind === 'enable-auto-converge') {
               // Make auto-converge bite: throttle as soon as the guest dirties more than 10 % of what is sent.
               await qmp.execute('migrate-set-parameters', { 'throttle-trigger-threshold': 10 });

@@ -35,8 +35,8 @@ export interface ConvergenceConfig {
   strategy: MemoryStrategy;
   downtimeLimitMs: number;
   /**
-   * Whether auto-converge (vCPU throttling) may be used. Not under TCG: QEMU 7.2 corrupts guest
-   * memory when it throttles a TCG guest during migration (see docs/migration.md).
+   * Whether auto-converge (vCPU throttling) may be used. KVM only: under TCG a throttled 32 MiB
+   * working set did not converge at 5 MiB/s within 9 minutes (see docs/migration.md).
    */
   throttleAvailable: boolean;
   /** Without throttling, a stalled pre-copy may raise downtime-limit up to this. */
@@ -49,7 +49,7 @@ export interface ConvergenceConfig {
   stallPasses: number;
   /** ...and call it stalled unless it shrank by at least this fraction. */
   minShrink: number;
-  /** Stop waiting after this many passes whatever the trend. */
+  /** Stop waiting after this many passes whatever the trend; pre-copy gives up here once it has no lever left. */
   maxPasses: number;
 }
 
@@ -72,7 +72,9 @@ export type ConvergenceAction =
   | { kind: 'wait' }
   | { kind: 'start-postcopy'; reason: string }
   | { kind: 'enable-auto-converge'; reason: string }
-  | { kind: 'raise-downtime-limit'; toMs: number; reason: string };
+  | { kind: 'raise-downtime-limit'; toMs: number; reason: string }
+  /** Pre-copy cannot converge and nothing is left to try: abort (the VM stays at the source). */
+  | { kind: 'give-up'; reason: string };
 
 /** The expected downtime QEMU reports, or remaining / rate when it does not say. */
 export function expectedDowntime(sample: MigrationSample): number | undefined {
@@ -117,9 +119,14 @@ export function convergenceDecision(samples: readonly MigrationSample[], config:
     : `the dirty set is not shrinking (${fmtBytes(before ?? 0)} → ${fmtBytes(now ?? 0)} over ${config.stallPasses} passes)`;
   const reason = `${why}; expected downtime ${expected === undefined ? 'unknown' : `${Math.round(expected)} ms`} > limit ${state.downtimeLimitMs} ms`;
   if (config.strategy !== 'precopy') return { kind: 'start-postcopy', reason };
-  if (config.throttleAvailable) return state.autoConverge ? { kind: 'wait' } : { kind: 'enable-auto-converge', reason };
+  const leversLeft = config.throttleAvailable ? !state.autoConverge : state.downtimeLimitMs < config.downtimeCeilingMs;
+  if (!leversLeft) {
+    if (!tooLong) return { kind: 'wait' };
+    const rates = last.dirtyPagesRate > 0 ? `: the guest dirties ${fmtBytes(last.dirtyPagesRate * 4096)}/s, the stream carries ${fmtBytes(last.mbps * 125_000)}/s` : '';
+    return { kind: 'give-up', reason: `pre-copy cannot converge (${reason}${rates}); move it with --strategy hybrid or postcopy, or allow more --bandwidth or --downtime` };
+  }
+  if (config.throttleAvailable) return { kind: 'enable-auto-converge', reason };
   // No throttling (TCG): accept a longer pause, step by step, up to the ceiling.
-  if (state.downtimeLimitMs >= config.downtimeCeilingMs) return { kind: 'wait' };
   const toMs = Math.min(config.downtimeCeilingMs, Math.max(state.downtimeLimitMs * 2, Math.ceil((expected ?? 0) * 1.25)));
   return { kind: 'raise-downtime-limit', toMs, reason: `${reason}; throttling is unavailable under TCG` };
 }
