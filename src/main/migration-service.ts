@@ -204,7 +204,6 @@ export class MigrationService {
         layers,
         images,
         vmsDir: join(this.deps.dataDir, 'vms'),
-        accel: 'tcg',
         onCommitted: (vm) => this.adoptIncoming(vm),
       });
       return { layers, images, destination };
@@ -337,7 +336,7 @@ export class MigrationService {
   /** A VM that arrived here: record its spec and runtime so this site's `vm` commands see it. */
   private async adoptIncoming(vm: IncomingVm): Promise<void> {
     await this.deps.library.save(vm.spec);
-    await this.deps.library.saveRuntime(vm.name, { pid: vm.handle.pid, accel: 'tcg', accelReason: `arrived by migration ${vm.migrationId}`, startedAt: new Date().toISOString() });
+    await this.deps.library.saveRuntime(vm.name, { pid: vm.handle.pid, accel: vm.spec.accel === 'kvm' ? 'kvm' : 'tcg', accelReason: `arrived by migration ${vm.migrationId}, as it ran at the source`, startedAt: new Date().toISOString() });
     this.deps.store.getState().setVm({ name: vm.name, location: this.deps.role, state: 'running' });
     await vm.handle.detach();
   }

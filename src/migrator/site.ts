@@ -3,7 +3,7 @@
 // calling the destination-side functions (orchestrator/destination.ts) in-process. Every path in a
 // reply is a unix socket on the SOURCE side's filesystem, already bridged to the destination when
 // the sites are apart. Every request is validated by the destination (ids: [a-z0-9-]).
-import type { VmSpec } from './qemu/common/spec.ts';
+import type { Accel, VmSpec } from './qemu/common/spec.ts';
 import type { LayerDescriptor } from './layers/common/model.ts';
 
 export type { LayerDescriptor } from './layers/common/model.ts';
@@ -43,6 +43,11 @@ export interface PrepareRequest {
   virtualSize: number;
   /** The destination must enable postcopy-ram as the source does. */
   postcopy: boolean;
+  /**
+   * The accelerator the source QEMU runs under. The destination uses the same one: the guest's RAM
+   * size (see TCG_RAM_PAD_KIB) and CPU state depend on it.
+   */
+  accel: Accel;
 }
 
 export interface PrepareReply {

@@ -35,6 +35,7 @@ export const peerMethods = {
     backingLayer: layerId.nullable(),
     virtualSize: z.number().int().positive(),
     postcopy: z.boolean(),
+    accel: z.enum(['kvm', 'tcg']),
   }),
   'migration.switchover': z.object({ migrationId: layerId, layerId, layerLeaves: z.array(layerId).min(1).max(4096) }),
   'migration.recover-postcopy': z.object({ migrationId: layerId }),

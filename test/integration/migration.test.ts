@@ -181,7 +181,6 @@ async function openSite(name: string): Promise<Site> {
     layers,
     images,
     vmsDir: join(test.dataDir, 'vms'),
-    accel: 'tcg',
     onCommitted: (incoming) => {
       site.vm = incoming.handle;
       site.spec = incoming.spec;
@@ -468,7 +467,7 @@ describe('live migration with disk, A ⇄ B', { timeout: 600_000 }, () => {
     assert.equal(plan.complete, true);
     const root = await diskRoot(B.vm.qmp);
     const boot = { kernel: await sha256File(B.spec.boot.kernel), initrd: await sha256File(B.spec.boot.initrd) };
-    const prepared = await A.destination.prepare({ migrationId, spec: B.spec, bootImages: boot, backingLayer: plan.heldLayers.at(-1) ?? null, virtualSize: root.virtualSize, postcopy: false });
+    const prepared = await A.destination.prepare({ migrationId, spec: B.spec, bootImages: boot, backingLayer: plan.heldLayers.at(-1) ?? null, virtualSize: root.virtualSize, postcopy: false, accel: 'tcg' });
     const qmp = B.vm.qmp;
     await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 4 * MiB });
     await qmp.execute('blockdev-add', { driver: 'nbd', 'node-name': 'sb-nbd-crash', server: { type: 'unix', path: prepared.nbdSocket }, export: prepared.nbdExport });
@@ -481,7 +480,7 @@ describe('live migration with disk, A ⇄ B', { timeout: 600_000 }, () => {
       chain: chain.map((l) => l.id), layerId: 'l-crash', nbdNode: 'sb-nbd-crash', mirrorJob: 'sb-mirror-crash', postcopy: false, postcopyStarted: false, sourceWasRunning: true,
     });
     // A's agent restarts first: the incoming VM never resumed, so it is torn down.
-    const restarted = new MigrationDestination({ layers: A.layers, images: A.images, vmsDir: join(A.test.dataDir, 'vms'), accel: 'tcg' });
+    const restarted = new MigrationDestination({ layers: A.layers, images: A.images, vmsDir: join(A.test.dataDir, 'vms') });
     assert.deepEqual(await restarted.recoverIncoming(), []);
     assert.deepEqual(await destinationLeftovers(A), []);
     // Then B's agent: the journal says memory, so it rolls back.

@@ -18,7 +18,8 @@ import { mkdir, rename, rm } from 'node:fs/promises';
 import { pathExists, socketAccepts } from '../local-io.ts';
 import { dirname, join, relative } from 'node:path';
 import { VmHandle } from '../qemu/vm.ts';
-import { checkVmName, DISK_NODE, vmPaths, type Accel, type VmSpec } from '../qemu/common/spec.ts';
+import { checkVmName, DISK_NODE, vmPaths, type VmSpec } from '../qemu/common/spec.ts';
+import { kvmUsable } from '../qemu/accel.ts';
 import { commandLineOf, isAlive, waitForExit } from '../qemu/process-info.ts';
 import { assertId, assertSha256 } from '../layers/common/ids.ts';
 import { migrationHolder } from '../layers/common/model.ts';
@@ -48,8 +49,6 @@ export interface DestinationOptions {
   images: ImageStore;
   /** The folder holding one folder per VM (`<data>/vms`); a VM's sockets, top and journals go in its folder. */
   vmsDir: string;
-  /** The accelerator QEMU uses here (must be the same kind at both sites for the stream to load). */
-  accel: Accel;
   /** Called once a migration is committed. Without it the VM's QMP connection is closed (QEMU keeps running). */
   onCommitted?: (vm: IncomingVm) => void | Promise<void>;
   /** How long switchover waits for the device state to arrive. Default 60 s. */
@@ -130,6 +129,9 @@ export class MigrationDestination implements DestinationSite {
     if (await pathExists(topFile)) {
       throw new DestinationError(`${topFile} exists: this site still holds a disk top for VM "${name}" (it runs or ran here and was not migrated away); remove the VM here first`);
     }
+    if (request.accel === 'kvm' && !(await kvmUsable())) {
+      throw new DestinationError(`VM "${name}" runs under KVM at its source, and this site cannot use KVM (/dev/kvm is missing or not accessible): a KVM guest can only move to a site with KVM`);
+    }
     for (const sha of [kernelSha, initrdSha]) {
       if (!(await this.#o.images.has(sha))) throw new DestinationError(`boot image ${sha} is missing here; upload it before prepare`);
     }
@@ -141,7 +143,7 @@ export class MigrationDestination implements DestinationSite {
       name,
       memoryMiB: request.spec.memoryMiB,
       vcpus: request.spec.vcpus,
-      accel: this.#o.accel,
+      accel: request.accel,
       boot: { kernel: this.#o.images.path(kernelSha), initrd: this.#o.images.path(initrdSha), append: request.spec.boot.append },
       disk: this.#o.layers.pendingPath(migrationId),
       // A CPU limit is a property of a site (the cgroup is named after the VM): not carried over.
@@ -171,7 +173,7 @@ export class MigrationDestination implements DestinationSite {
       await writeIncomingJournal(vmDir, journal);
       await this.#o.layers.createPending(migrationId, { virtualSize: request.virtualSize, over: request.backingLayer });
       await Promise.all(journal.sockets.map((s) => rm(s, { force: true })));
-      const vm = await VmHandle.start(spec, paths, { accel: this.#o.accel, incoming: true });
+      const vm = await VmHandle.start(spec, paths, { accel: request.accel, incoming: true });
       entry.vm = vm;
       journal.pid = vm.pid;
       await writeIncomingJournal(vmDir, journal);

@@ -21,7 +21,8 @@ export interface AccelDecision {
 const USERSPACE_MARKER = 'Run /init as init process';
 const PROBE_TIMEOUT_MS = 20_000;
 
-async function kvmUsable(): Promise<boolean> {
+/** Whether this process may open /dev/kvm (not whether a KVM guest boots: see resolveAccel). */
+export async function kvmUsable(): Promise<boolean> {
   try {
     await access('/dev/kvm', fsConstants.R_OK | fsConstants.W_OK);
     return true;
