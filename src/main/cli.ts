@@ -266,8 +266,9 @@ program
           ...(opts.downtime ? { downtimeLimitMs: opts.downtime } : {}),
         },
         (progress) => {
+          // stdout carries the record (--json) or the summary; progress goes to stderr either way.
           if (interactive) process.stderr.write(`\r\x1b[2K${formatProgress(progress)}`);
-          else if (progress.phase !== lastPhase && !opts.json) process.stderr.write(`${formatProgress(progress)}\n`);
+          else if (progress.phase !== lastPhase) process.stderr.write(`${formatProgress(progress)}\n`);
           lastPhase = progress.phase;
         },
       ),
