@@ -203,6 +203,8 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       }
       case 'migrate':
         return migrations.migrate(command, progress);
+      case 'cancel':
+        return migrations.cancel(command.vm);
       case 'history':
         return history.migrations({ ...(command.vm ? { vm: command.vm } : {}), ...(command.limit ? { limit: command.limit } : {}) });
     }

@@ -255,8 +255,21 @@ program
   .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
     let lastPhase = '';
-    const record = await withAgent(command, (client) =>
-      client.request(
+    const record = await withAgent(command, (client) => {
+      // Ctrl-C (or SIGTERM) cancels the move, as with `virsh migrate`; a second one stops waiting.
+      let cancelling = false;
+      const interrupt = (): void => {
+        if (cancelling) process.exit(130);
+        cancelling = true;
+        process.stderr.write('\ncancelling; the VM stays where it runs unless it already switched over (Ctrl-C again to stop waiting)\n');
+        client.request({ cmd: 'cancel', vm: vmName }).then(
+          (reply) => process.stderr.write(`${reply.detail}\n`),
+          (error: unknown) => process.stderr.write(`could not cancel: ${(error as Error).message}\n`),
+        );
+      };
+      process.on('SIGINT', interrupt);
+      process.on('SIGTERM', interrupt);
+      return client.request(
         {
           cmd: 'migrate',
           vm: vmName,
@@ -271,12 +284,25 @@ program
           else if (progress.phase !== lastPhase) process.stderr.write(`${formatProgress(progress)}\n`);
           lastPhase = progress.phase;
         },
-      ),
-    );
+      ).finally(() => {
+        process.off('SIGINT', interrupt);
+        process.off('SIGTERM', interrupt);
+      });
+    });
     if (interactive) process.stderr.write('\n');
     if (opts.json) printJson(record);
     else process.stdout.write(`${formatMigrationSummary(record).join('\n')}\n`);
     if (record.outcome !== 'committed') process.exitCode = 2;
+  });
+
+program
+  .command('cancel')
+  .description('cancel a VM\'s migration under way: it rolls back and the VM keeps running where it was, unless it already switched over')
+  .argument('<vm>', 'VM name')
+  .action(async (vmName: string, _opts: unknown, command: Command) => {
+    const reply = await withAgent(command, (client) => client.request({ cmd: 'cancel', vm: vmName }));
+    process.stdout.write(`${reply.detail}\n`);
+    if (!reply.requested) process.exitCode = 1;
   });
 
 program

@@ -25,7 +25,7 @@ import { VmHandle } from '../migrator/qemu/vm.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
 import { IMAGE_CHUNK_BYTES, PEER_EVENT_PROGRESS, peerMethods, type PeerParams } from '../shared/peer-api.ts';
 import { MIGRATION_PHASES, migrationProgressSchema, type MigrationProgress, type MigrationRecord, type SiteRole } from '../shared/migration.ts';
-import type { LocalCommand } from '../shared/local-api.ts';
+import type { CancelReply, LocalCommand } from '../shared/local-api.ts';
 import { LocalApiError } from './local-api/server.ts';
 import type { History } from './history.ts';
 import type { AgentStore } from './store.ts';
@@ -181,6 +181,8 @@ export interface MigrationServiceDeps {
 export class MigrationService {
   private readonly deps: MigrationServiceDeps;
   private readonly inFlight = new Set<string>();
+  /** Cancels the orchestrator runs this site drives, by VM. */
+  private readonly cancels = new Map<string, AbortController>();
   private coreLink: (() => Promise<PeerLink>) | undefined;
   private stores: Promise<{ layers: LayerStore; images: ImageStore; destination: MigrationDestination }> | undefined;
 
@@ -276,6 +278,7 @@ export class MigrationService {
       return {};
     });
     handle('vm.list', async () => this.localVms());
+    handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm));
     handle('vm.migrate-out', async (p) => {
       const options: MigrationOptions = { strategy: p.options.strategy, ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}), ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}) };
       return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress));
@@ -409,12 +412,28 @@ export class MigrationService {
     return record;
   }
 
+  /** The local API's `cancel`: the orchestrator runs where the VM runs, so a move back is cancelled at the core. */
+  async cancel(vm: string): Promise<CancelReply> {
+    if (this.cancels.has(vm) || this.deps.role !== 'edge' || !this.coreLink) return this.cancelHere(vm);
+    if (!this.inFlight.has(vm)) return { requested: false, detail: `VM "${vm}" is not moving` };
+    return (await this.coreLink()).request<CancelReply>('vm.cancel-migration', { vm }, { timeoutMs: 30_000 });
+  }
+
+  private cancelHere(vm: string): CancelReply {
+    const controller = this.cancels.get(vm);
+    if (controller === undefined) return { requested: false, detail: `VM "${vm}" is not moving from the ${this.deps.role}` };
+    controller.abort(new Error('cancelled by the user'));
+    return { requested: true, detail: `cancelling the migration of "${vm}": it rolls back unless the guest already switched over` };
+  }
+
   /** Runs the orchestrator for a VM that runs here, towards the peer on `link`. */
   private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void): Promise<MigrationRecord> {
     if (this.inFlight.has(name)) throw new LocalApiError('busy', `VM "${name}" is already moving`);
     const runtime = await this.deps.library.loadRuntime(name);
     if (!runtime || !(await isAlive(runtime.pid))) throw new LocalApiError('not-running', `VM "${name}" is not running at the ${this.deps.role}`);
     this.inFlight.add(name);
+    const cancel = new AbortController();
+    this.cancels.set(name, cancel);
     const from = this.deps.role;
     const to = this.peerRole;
     const migrationId = randomUUID();
@@ -432,6 +451,7 @@ export class MigrationService {
         destination,
         options,
         migrationId,
+        signal: cancel.signal,
         from,
         to,
         wireBytes: () => destination.wireBytes(),
@@ -461,6 +481,7 @@ export class MigrationService {
       };
     } finally {
       await vm?.detach().catch(() => undefined);
+      this.cancels.delete(name);
       this.inFlight.delete(name);
     }
   }

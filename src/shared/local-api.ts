@@ -22,6 +22,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
     maxBandwidth: z.number().int().positive().optional(),
     downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
   }),
+  /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
+  z.object({ cmd: z.literal('cancel'), vm: safeId }),
   z.object({ cmd: z.literal('history'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
 ]);
 export type LocalCommand = z.infer<typeof localCommandSchema>;
@@ -50,10 +52,15 @@ export const agentStatusSchema = z.object({
 });
 export type AgentStatus = z.infer<typeof agentStatusSchema>;
 
+/** `requested`: the migration will roll back unless it already switched over (its record says which). */
+export const cancelReplySchema = z.object({ requested: z.boolean(), detail: z.string() });
+export type CancelReply = z.infer<typeof cancelReplySchema>;
+
 export interface LocalReplies {
   status: AgentStatus;
   pair: { peerName: string; fingerprint: string };
   migrate: MigrationRecord;
+  cancel: CancelReply;
   history: MigrationRecord[];
 }
 

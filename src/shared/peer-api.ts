@@ -43,6 +43,8 @@ export const peerMethods = {
   'migration.abort': z.object({ migrationId: layerId, reason: z.string().max(4000) }),
   /** Edge → core: send the VM back to the edge. */
   'vm.migrate-out': z.object({ vm: safeId, to: z.enum(SITE_ROLES), options: migrationOptionsSchema }),
+  /** Edge → core: abandon the core's outgoing migration of this VM (see the local API's cancel). */
+  'vm.cancel-migration': z.object({ vm: safeId }),
   /** Either way: the VMs this site runs. */
   'vm.list': z.object({}),
 } as const;
