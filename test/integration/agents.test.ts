@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { AgentPair } from '../support/agents.ts';
 import { REPO_ROOT, runCli, waitForHeartbeats } from '../support/fixtures.ts';
@@ -37,9 +38,24 @@ async function qemuAlive(library: VmLibrary): Promise<boolean> {
   return pid !== undefined && (await isAlive(pid));
 }
 
+/** What a failure message needs when the VM is not where it should be: both agents' and QEMUs' last words. */
+async function diagnostics(pair: AgentPair): Promise<string> {
+  const tail = async (file: string, lines = 15): Promise<string> => (await readFile(file, 'utf8').catch(() => '(none)')).trimEnd().split('\n').slice(-lines).join('\n');
+  const parts: string[] = [];
+  for (const [site, library, agent] of [['edge', pair.edgeLibrary, pair.edge], ['core', pair.coreLibrary, pair.core]] as const) {
+    const paths = library.paths(VM);
+    parts.push(
+      `--- ${site}: QEMU ${(await qemuAlive(library)) ? 'alive' : 'not running'}; agent log:\n${agent.log.slice(-25).join('\n')}`,
+      `--- ${site} qemu.log:\n${await tail(paths.qemuLog)}`,
+      `--- ${site} serial console:\n${await tail(paths.serialLog)}`,
+    );
+  }
+  return parts.join('\n');
+}
+
 async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = []): Promise<MigrationRecord> {
   const r = await runCli(['--data', pair.edgeLibrary.dataDir, 'migrate', VM, '--to', to, '--json', ...extra]);
-  assert.ok(r.code === 0 || r.code === 2, r.stderr);
+  if (r.code !== 0 && r.code !== 2) assert.fail(`migrate --to ${to} exited ${r.code}: ${r.stderr}\n${await diagnostics(pair)}`);
   return JSON.parse(r.stdout) as MigrationRecord;
 }
 
@@ -47,7 +63,7 @@ async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = [
 async function ensureAtEdge(pair: AgentPair): Promise<void> {
   if (await qemuAlive(pair.edgeLibrary)) return;
   const record = await migrate(pair, 'edge');
-  assert.equal(record.outcome, 'committed', record.error);
+  if (record.outcome !== 'committed') assert.fail(`bringing the VM back to the edge: ${record.error}\n${await diagnostics(pair)}`);
 }
 
 /**
@@ -67,7 +83,7 @@ async function migrateAndInject(pair: AgentPair, signal: AbortSignal, to: 'core'
     if (!injected && line.includes(` ${phase} `)) injected = inject();
   });
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  assert.ok(injected, `the migration never reached phase ${phase}: ${stderr.join('\n')}`);
+  if (!injected) assert.fail(`the migration never reached phase ${phase} (exit ${code}): ${stderr.join('\n')}\n${stdout}\n${await diagnostics(pair)}`);
   await injected;
   return { code, record: stdout.trim() === '' ? undefined : (JSON.parse(stdout) as MigrationRecord), stderr: stderr.join('\n') };
 }
