@@ -14,6 +14,8 @@ import { createAgentStore, statusOf, type AgentStore } from './store.ts';
 import { VmLibrary } from './vm-library.ts';
 import { MigrationService } from './migration-service.ts';
 import { PAIRING_TOKEN_ENV, startEmbeddedCore, type EmbeddedCore } from './embedded-core.ts';
+import { DisplayService } from './display-service.ts';
+import { isAlive } from '../migrator/qemu/process-info.ts';
 
 export interface AgentOptions {
   role: SiteRole;
@@ -144,7 +146,8 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   const history = new History(join(dataDir, 'history.db'));
   const library = new VmLibrary(dataDir);
   await library.saveSiteRole(role);
-  const migrations = new MigrationService({ role, dataDir, library, store, history, log });
+  let displays: DisplayService | undefined;
+  const migrations = new MigrationService({ role, dataDir, library, store, history, log, onSwitched: (vm, site) => void displays?.moved(vm, site) });
   await migrations.recover();
 
   let server: LinkServer | undefined;
@@ -184,6 +187,18 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       }
     }
     connection = new CoreConnection(client, trust, store, (link) => migrations.attach(link), log);
+    const link = connection;
+    displays = new DisplayService({
+      library,
+      coreLink: () => link.current,
+      log,
+      locate: async (vm) => {
+        const runtime = await library.loadRuntime(vm).catch(() => undefined);
+        if (runtime !== undefined && (await isAlive(runtime.pid))) return 'edge';
+        await migrations.refreshVms();
+        return store.getState().vms[vm]?.location === 'core' ? 'core' : undefined;
+      },
+    });
     migrations.setCoreLink(() => connection?.waitConnected(15_000) ?? Promise.reject(new LocalApiError('no-core', 'this agent has no core')));
     void connection.run();
     if (options.embeddedCore) await connection.waitConnected(15_000);
@@ -207,6 +222,9 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         return migrations.cancel(command.vm);
       case 'history':
         return history.migrations({ ...(command.vm ? { vm: command.vm } : {}), ...(command.limit ? { limit: command.limit } : {}) });
+      case 'display':
+        if (displays === undefined) throw new LocalApiError('wrong-role', 'displays are served by the edge agent, where the user is');
+        return displays.open(command.vm);
     }
   }) as LocalHandler;
   const local = await LocalApiServer.listen(localApiSocket(dataDir), handle);
@@ -215,6 +233,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
     store,
     close: async () => {
       local.close();
+      await displays?.close();
       await connection?.stop();
       await server?.close();
       await embedded?.stop();

@@ -296,6 +296,26 @@ program
   });
 
 program
+  .command('display')
+  .description('where to see a VM\'s screen: the edge agent\'s display gateway, which stays put while the VM moves')
+  .argument('<vm>', 'VM name')
+  .option('--json', 'print JSON for scripts', false)
+  .action(async (vmName: string, opts: { json: boolean }, command: Command) => {
+    const reply = await withAgent(command, (client) => client.request({ cmd: 'display', vm: vmName }));
+    if (opts.json) return printJson(reply);
+    const [host, port] = [reply.rfbAddress.slice(0, reply.rfbAddress.lastIndexOf(':')), reply.rfbAddress.slice(reply.rfbAddress.lastIndexOf(':') + 1)];
+    process.stdout.write(
+      [
+        `display of "${reply.vm}" (the VM runs at the ${reply.at}; VNC server ${reply.status.state}${reply.status.reason ? `: ${reply.status.reason}` : ''})`,
+        `  noVNC (WebSocket): ${reply.webSocketUrl}`,
+        `  VNC client:        ${reply.rfbAddress}   e.g. gvncviewer ${host}::${port}`,
+        `  viewers now: ${reply.viewers}; the gateway lives as long as the edge agent`,
+        '',
+      ].join('\n'),
+    );
+  });
+
+program
   .command('cancel')
   .description('cancel a VM\'s migration under way: it rolls back and the VM keeps running where it was, unless it already switched over')
   .argument('<vm>', 'VM name')

@@ -8,6 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { PeerLink } from '../migrator/link/index.ts';
 import { bridgeListener, type BridgeListener } from '../migrator/link/index.ts';
+import { displayTarget } from './display-service.ts';
 import { LayerStore } from '../migrator/layers/store.ts';
 import { ImageStore } from '../migrator/layers/images.ts';
 import {
@@ -176,6 +177,8 @@ export interface MigrationServiceDeps {
   store: AgentStore;
   history: History;
   log: (line: string) => void;
+  /** The guest now runs at `site` (a migration reached commit): the edge's display follows it. */
+  onSwitched?: (vm: string, site: SiteRole) => void;
 }
 
 export class MigrationService {
@@ -254,6 +257,7 @@ export class MigrationService {
     });
     handle('migration.prepare', async (p) => {
       const reply = await (await this.open()).destination.prepare(p);
+      link.exposeTarget(displayTarget(p.spec.name), this.deps.library.paths(p.spec.name).vnc);
       const targets = targetIds(p.migrationId);
       link.exposeTarget(targets.nbd, reply.nbdSocket);
       link.exposeTarget(targets.migration, reply.migrationSocket);
@@ -293,6 +297,7 @@ export class MigrationService {
       }
     });
     void this.recoverOutgoing(link);
+    void this.exposeDisplays(link);
     link.on('event', (name, payload) => {
       if (name !== PEER_EVENT_PROGRESS) return;
       const progress = migrationProgressSchema.safeParse(payload);
@@ -328,6 +333,11 @@ export class MigrationService {
       }
     }
     await this.refreshVms();
+  }
+
+  /** The peer's display gateway reaches each VM's VNC socket here as link target `display.<vm>`. */
+  private async exposeDisplays(link: PeerLink): Promise<void> {
+    for (const name of await this.deps.library.list()) link.exposeTarget(displayTarget(name), this.deps.library.paths(name).vnc);
   }
 
   private unexpose(link: PeerLink, migrationId: string): void {
@@ -388,8 +398,13 @@ export class MigrationService {
       ...(command.maxBandwidth ? { maxBandwidth: command.maxBandwidth } : {}),
       ...(command.downtimeLimitMs ? { downtimeLimitMs: command.downtimeLimitMs } : {}),
     };
+    let switched = false;
     const publish = (p: MigrationProgress): void => {
       this.deps.store.getState().setProgress(p);
+      if (p.phase === 'commit' && !switched) {
+        switched = true;
+        this.deps.onSwitched?.(p.vm, p.to);
+      }
       progress(p);
     };
     let record: MigrationRecord;
@@ -407,6 +422,7 @@ export class MigrationService {
       }
     }
     for (const id of Object.keys(this.deps.store.getState().migrations)) this.deps.store.getState().endMigration(id);
+    if (record.outcome === 'committed' && !switched) this.deps.onSwitched?.(record.vm, record.to);
     this.deps.history.addMigration(record);
     await this.refreshVms();
     return record;

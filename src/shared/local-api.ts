@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { safeId } from './vm-spec.ts';
 import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
+import { displayStatusSchema } from './display.ts';
 
 
 export const localCommandSchema = z.discriminatedUnion('cmd', [
@@ -25,6 +26,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
   z.object({ cmd: z.literal('cancel'), vm: safeId }),
   z.object({ cmd: z.literal('history'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
+  /** Opens (or finds) the VM's display gateway at the edge: where viewers connect. */
+  z.object({ cmd: z.literal('display'), vm: safeId }),
 ]);
 export type LocalCommand = z.infer<typeof localCommandSchema>;
 
@@ -56,12 +59,26 @@ export type AgentStatus = z.infer<typeof agentStatusSchema>;
 export const cancelReplySchema = z.object({ requested: z.boolean(), detail: z.string() });
 export type CancelReply = z.infer<typeof cancelReplySchema>;
 
+export const displayReplySchema = z.object({
+  vm: z.string(),
+  /** Where the gateway's VNC server is: the site that runs the VM. */
+  at: z.enum(SITE_ROLES),
+  /** noVNC connects here; the URL carries the gateway's per-run token. */
+  webSocketUrl: z.string(),
+  /** HOST:PORT on loopback for any VNC client (security None). */
+  rfbAddress: z.string(),
+  status: displayStatusSchema,
+  viewers: z.number().int().nonnegative(),
+});
+export type DisplayReply = z.infer<typeof displayReplySchema>;
+
 export interface LocalReplies {
   status: AgentStatus;
   pair: { peerName: string; fingerprint: string };
   migrate: MigrationRecord;
   cancel: CancelReply;
   history: MigrationRecord[];
+  display: DisplayReply;
 }
 
 export const localErrorSchema = z.object({ code: z.string(), message: z.string() });
