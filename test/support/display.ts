@@ -95,8 +95,16 @@ export class RfbTestViewer {
     socket.on('error', (e) => (this.error ??= e.message));
   }
 
-  static async connect(port: number, options: TestViewerOptions = {}): Promise<RfbTestViewer> {
-    const socket = netConnect(port, '127.0.0.1');
+  static connect(port: number, options: TestViewerOptions = {}): Promise<RfbTestViewer> {
+    return RfbTestViewer.#open(netConnect(port, '127.0.0.1'), options);
+  }
+
+  /** The same viewer on a unix socket: QEMU's own VNC server (`-vnc unix:PATH`), as a reference. */
+  static connectPath(path: string, options: TestViewerOptions = {}): Promise<RfbTestViewer> {
+    return RfbTestViewer.#open(netConnect(path), options);
+  }
+
+  static async #open(socket: Socket, options: TestViewerOptions): Promise<RfbTestViewer> {
     const viewer = new RfbTestViewer(socket);
     await new Promise<void>((resolve, reject) => {
       const handshake = new RfbClientHandshake({ shared: true });
@@ -115,7 +123,7 @@ export class RfbTestViewer {
       };
       socket.on('data', onData);
       socket.once('error', reject);
-      socket.once('close', () => reject(new Error(`the gateway closed the connection during the handshake (${viewer.error ?? 'no error'})`)));
+      socket.once('close', () => reject(new Error(`the server closed the connection during the handshake (${viewer.error ?? 'no error'})`)));
     });
     return viewer;
   }
@@ -411,4 +419,52 @@ export async function typeAndSeeOnConsole(page: Page, paths: () => VmPaths, word
     }
   }
   throw new Error(`"${word}" typed through noVNC never reached the guest's console (${paths().serialLog})`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typing through an RFB viewer: KeyEvents with X keysyms (what a VNC client without QEMU's
+// extended key events sends; QEMU maps each keysym to a scancode through its en-us keymap).
+
+const XK_SHIFT_L = 0xffe1;
+const XK_RETURN = 0xff0d;
+
+async function pressKeysym(viewer: RfbTestViewer, keysym: number): Promise<void> {
+  viewer.send({ type: 'key-event', down: true, keysym });
+  viewer.send({ type: 'key-event', down: false, keysym });
+  // The guest's PS/2 keyboard queue is short: give it time to read each key.
+  await new Promise((r) => setTimeout(r, 15));
+}
+
+/**
+ * Types `text` then Return as KeyEvents. Only characters of an unshifted US layout plus '>', sent
+ * with a real Shift around it: QEMU picks the keymap entry that matches the Shift state, so '>'
+ * without Shift would arrive as '.'.
+ */
+export async function typeViaRfb(viewer: RfbTestViewer, text: string): Promise<void> {
+  for (const ch of text) {
+    if (ch === '>') {
+      viewer.send({ type: 'key-event', down: true, keysym: XK_SHIFT_L });
+      await pressKeysym(viewer, ch.charCodeAt(0));
+      viewer.send({ type: 'key-event', down: false, keysym: XK_SHIFT_L });
+    } else if (/^[a-z0-9 \-/.=]$/.test(ch)) {
+      await pressKeysym(viewer, ch.charCodeAt(0));
+    } else {
+      throw new Error(`typeViaRfb: ${JSON.stringify(ch)} is not handled`);
+    }
+  }
+  await pressKeysym(viewer, XK_RETURN);
+}
+
+/** Types `echo WORD >/dev/console` + Return through an RFB viewer and waits for WORD on the guest's serial console. */
+export async function typeViaRfbAndSeeOnConsole(viewer: RfbTestViewer, paths: VmPaths, word: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    await typeViaRfb(viewer, `echo ${word} >/dev/console`);
+    const until = Math.min(deadline, Date.now() + 10_000);
+    while (Date.now() < until) {
+      if ((await serialLog(paths)).includes(word)) return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  throw new Error(`"${word}" typed through an RFB viewer never reached the guest's console (${paths.serialLog})`);
 }
