@@ -219,7 +219,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       case 'migrate':
         return migrations.migrate(command, progress);
       case 'cancel':
-        return migrations.cancel(command.vm);
+        return migrations.cancel(command.vm, command.migrationId);
       case 'history':
         return history.migrations({ ...(command.vm ? { vm: command.vm } : {}), ...(command.limit ? { limit: command.limit } : {}) });
       case 'display':

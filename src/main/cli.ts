@@ -12,6 +12,8 @@ import { formatBytes, formatIntegrity, formatMigrationSummary, formatMs, formatP
 import { LocalApiClient } from './local-api/client.ts';
 import { runAgent } from './agent.ts';
 import type { SiteRole } from '../shared/migration.ts';
+import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
+import { decisionChanges, describeDecision, parseTrace, replay } from '../interaction-detect/common/trace.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
 const DEFAULT_CACHE = join(REPO_ROOT, '.cache');
@@ -255,6 +257,7 @@ program
   .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
     let lastPhase = '';
+    let migrationId: string | undefined;
     const record = await withAgent(command, (client) => {
       // Ctrl-C (or SIGTERM) cancels the move, as with `virsh migrate`; a second one stops waiting.
       let cancelling = false;
@@ -262,7 +265,7 @@ program
         if (cancelling) process.exit(130);
         cancelling = true;
         process.stderr.write('\ncancelling; the VM stays where it runs unless it already switched over (Ctrl-C again to stop waiting)\n');
-        client.request({ cmd: 'cancel', vm: vmName }).then(
+        client.request({ cmd: 'cancel', vm: vmName, ...(migrationId ? { migrationId } : {}) }).then(
           (reply) => process.stderr.write(`${reply.detail}\n`),
           (error: unknown) => process.stderr.write(`could not cancel: ${(error as Error).message}\n`),
         );
@@ -283,6 +286,7 @@ program
           if (interactive) process.stderr.write(`\r\x1b[2K${formatProgress(progress)}`);
           else if (progress.phase !== lastPhase) process.stderr.write(`${formatProgress(progress)}\n`);
           lastPhase = progress.phase;
+          migrationId = progress.migrationId;
         },
       ).finally(() => {
         process.off('SIGINT', interrupt);
@@ -356,6 +360,30 @@ program
         r.downtimeMs === undefined ? '-' : formatMs(r.downtimeMs), formatBytes(Object.values(r.streamBytes).reduce((a, b) => a + b, 0)),
       ]),
     ));
+  });
+
+const policy = program.command('policy').description('the automatic placement policy, offline');
+
+policy
+  .command('replay')
+  .description('the decisions the placement policy would take on a recorded trace (samples as JSON lines, from `snowbird trace record`)')
+  .argument('<file>', 'trace file (JSON lines)')
+  .addOption(new Option('--mode <mode>', 'replay as if the user had chosen this placement mode').choices([...PLACEMENT_MODES]))
+  .addOption(new Option('--sites <how>', 'simulated: decisions move the VM; recorded: follow where it really was').choices(['simulated', 'recorded']).default('simulated'))
+  .option('--params <file>', 'policy parameters as JSON (any subset; the rest default)')
+  .option('--all', 'print every decision, not only the moves and changes of rule', false)
+  .option('--json', 'print the decisions as JSON lines', false)
+  .action(async (file: string, opts: { mode?: PlacementMode; sites: 'simulated' | 'recorded'; params?: string; all: boolean; json: boolean }) => {
+    const samples = parseTrace(await readFile(file, 'utf8'));
+    if (samples.length === 0) throw new Error(`${file} holds no samples`);
+    const params = policyParamsSchema.parse(opts.params === undefined ? {} : JSON.parse(await readFile(opts.params, 'utf8')));
+    const result = replay(samples, params, [], { sites: opts.sites, ...(opts.mode ? { mode: opts.mode } : {}) });
+    const shown = opts.all ? result.decisions : decisionChanges(result.decisions);
+    if (opts.json) return void process.stdout.write(shown.map((d) => `${JSON.stringify(d)}\n`).join(''));
+    const origin = samples[0]?.at ?? 0;
+    process.stdout.write(`${shown.map((d) => describeDecision(d, origin)).join('\n')}\n`);
+    const span = (samples.at(-1)?.at ?? origin) - origin;
+    process.stdout.write(`\n${samples.length} samples over ${formatMs(span)}: ${result.moves.length} move(s)${result.moves.map((m) => ` → ${m.to} at +${formatMs(m.at - origin)}`).join(',')}\n`);
   });
 
 try {

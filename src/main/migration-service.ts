@@ -170,6 +170,8 @@ function toProgress(p: OrchestratorProgress, from: SiteRole, to: SiteRole): Migr
   };
 }
 
+export type MigrationTrigger = NonNullable<MigrationRecord['trigger']>;
+
 export interface MigrationServiceDeps {
   role: SiteRole;
   dataDir: string;
@@ -185,7 +187,7 @@ export class MigrationService {
   private readonly deps: MigrationServiceDeps;
   private readonly inFlight = new Set<string>();
   /** Cancels the orchestrator runs this site drives, by VM. */
-  private readonly cancels = new Map<string, AbortController>();
+  private readonly cancels = new Map<string, { migrationId: string; controller: AbortController }>();
   private coreLink: (() => Promise<PeerLink>) | undefined;
   private stores: Promise<{ layers: LayerStore; images: ImageStore; destination: MigrationDestination }> | undefined;
 
@@ -282,7 +284,7 @@ export class MigrationService {
       return {};
     });
     handle('vm.list', async () => this.localVms());
-    handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm));
+    handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm, p.migrationId));
     handle('vm.migrate-out', async (p) => {
       const options: MigrationOptions = { strategy: p.options.strategy, ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}), ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}) };
       return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress));
@@ -315,9 +317,14 @@ export class MigrationService {
     const { layers } = await this.open();
     for (const name of await this.deps.library.list()) {
       const vmDir = this.deps.library.vmDir(name);
-      const journal = await readSourceJournal(vmDir);
-      if (journal === undefined || this.inFlight.has(name)) continue;
+      if ((await readSourceJournal(vmDir)) === undefined || this.inFlight.has(name)) continue;
       this.inFlight.add(name);
+      // Read again now that the VM is ours: a move that ended meanwhile removed its journal.
+      const journal = await readSourceJournal(vmDir);
+      if (journal === undefined) {
+        this.inFlight.delete(name);
+        continue;
+      }
       const destination = new RemoteDestination(link, this.runDir);
       let vm: VmHandle | undefined;
       try {
@@ -390,7 +397,7 @@ export class MigrationService {
   }
 
   /** The local API's `migrate`: from here to the peer, or (at the edge) asks the core to send it back. */
-  async migrate(command: Extract<LocalCommand, { cmd: 'migrate' }>, progress: (p: MigrationProgress) => void): Promise<MigrationRecord> {
+  async migrate(command: Extract<LocalCommand, { cmd: 'migrate' }>, progress: (p: MigrationProgress) => void, trigger: MigrationTrigger = { by: 'user', reasons: [] }): Promise<MigrationRecord> {
     if (this.deps.role !== 'edge' || !this.coreLink) throw new LocalApiError('wrong-role', 'migrations are started from the edge agent');
     const link = await this.coreLink();
     const options: MigrationOptions = {
@@ -423,21 +430,25 @@ export class MigrationService {
     }
     for (const id of Object.keys(this.deps.store.getState().migrations)) this.deps.store.getState().endMigration(id);
     if (record.outcome === 'committed' && !switched) this.deps.onSwitched?.(record.vm, record.to);
+    record = { ...record, trigger };
     this.deps.history.addMigration(record);
     await this.refreshVms();
     return record;
   }
 
   /** The local API's `cancel`: the orchestrator runs where the VM runs, so a move back is cancelled at the core. */
-  async cancel(vm: string): Promise<CancelReply> {
-    if (this.cancels.has(vm) || this.deps.role !== 'edge' || !this.coreLink) return this.cancelHere(vm);
+  async cancel(vm: string, migrationId?: string): Promise<CancelReply> {
+    if (this.cancels.has(vm) || this.deps.role !== 'edge' || !this.coreLink) return this.cancelHere(vm, migrationId);
     if (!this.inFlight.has(vm)) return { requested: false, detail: `VM "${vm}" is not moving` };
-    return (await this.coreLink()).request<CancelReply>('vm.cancel-migration', { vm }, { timeoutMs: 30_000 });
+    return (await this.coreLink()).request<CancelReply>('vm.cancel-migration', { vm, ...(migrationId ? { migrationId } : {}) }, { timeoutMs: 30_000 });
   }
 
-  private cancelHere(vm: string): CancelReply {
-    const controller = this.cancels.get(vm);
-    if (controller === undefined) return { requested: false, detail: `VM "${vm}" is not moving from the ${this.deps.role}` };
+  /** `migrationId`, when given, must be the move under way: a late cancel never hits the next move. */
+  private cancelHere(vm: string, migrationId?: string): CancelReply {
+    const running = this.cancels.get(vm);
+    if (running === undefined) return { requested: false, detail: `VM "${vm}" is not moving from the ${this.deps.role}` };
+    if (migrationId !== undefined && running.migrationId !== migrationId) return { requested: false, detail: `migration ${migrationId} of "${vm}" is over; another one is under way (cancel it by the VM's name alone)` };
+    const controller = running.controller;
     controller.abort(new Error('cancelled by the user'));
     return { requested: true, detail: `cancelling the migration of "${vm}": it rolls back unless the guest already switched over` };
   }
@@ -445,14 +456,18 @@ export class MigrationService {
   /** Runs the orchestrator for a VM that runs here, towards the peer on `link`. */
   private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void): Promise<MigrationRecord> {
     if (this.inFlight.has(name)) throw new LocalApiError('busy', `VM "${name}" is already moving`);
-    const runtime = await this.deps.library.loadRuntime(name);
-    if (!runtime || !(await isAlive(runtime.pid))) throw new LocalApiError('not-running', `VM "${name}" is not running at the ${this.deps.role}`);
+    // Marked busy before the first await: a recovery or a second move cannot slip in between.
     this.inFlight.add(name);
+    const runtime = await this.deps.library.loadRuntime(name).catch(() => undefined);
+    if (!runtime || !(await isAlive(runtime.pid))) {
+      this.inFlight.delete(name);
+      throw new LocalApiError('not-running', `VM "${name}" is not running at the ${this.deps.role}`);
+    }
+    const migrationId = randomUUID();
     const cancel = new AbortController();
-    this.cancels.set(name, cancel);
+    this.cancels.set(name, { migrationId, controller: cancel });
     const from = this.deps.role;
     const to = this.peerRole;
-    const migrationId = randomUUID();
     const startedAt = new Date().toISOString();
     const destination = new RemoteDestination(link, this.runDir);
     let vm: VmHandle | undefined;

@@ -24,7 +24,7 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
     downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
   }),
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
-  z.object({ cmd: z.literal('cancel'), vm: safeId }),
+  z.object({ cmd: z.literal('cancel'), vm: safeId, /** Only this move (a late Ctrl-C must not cancel the next one). */ migrationId: z.string().max(64).optional() }),
   z.object({ cmd: z.literal('history'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
   /** Opens (or finds) the VM's display gateway at the edge: where viewers connect. */
   z.object({ cmd: z.literal('display'), vm: safeId }),

@@ -44,9 +44,11 @@ export const peerMethods = {
   /** Edge → core: send the VM back to the edge. */
   'vm.migrate-out': z.object({ vm: safeId, to: z.enum(SITE_ROLES), options: migrationOptionsSchema }),
   /** Edge → core: abandon the core's outgoing migration of this VM (see the local API's cancel). */
-  'vm.cancel-migration': z.object({ vm: safeId }),
+  'vm.cancel-migration': z.object({ vm: safeId, migrationId: z.string().max(64).optional() }),
   /** Either way: the VMs this site runs. */
   'vm.list': z.object({}),
+  /** Edge → core: what the core's host measures of this VM's QEMU now (a HostReading; rates since the last call). */
+  'vm.sensors': z.object({ vm: safeId }),
 } as const;
 
 export type PeerMethod = keyof typeof peerMethods;

@@ -11,6 +11,7 @@ import { AgentPair } from '../support/agents.ts';
 import { REPO_ROOT, runCli, waitForHeartbeats } from '../support/fixtures.ts';
 import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
+import { sourceJournalPath } from '../../src/migrator/orchestrator/journal.ts';
 import type { VmLibrary } from '../../src/main/vm-library.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
 
@@ -44,8 +45,11 @@ async function diagnostics(pair: AgentPair): Promise<string> {
   const parts: string[] = [];
   for (const [site, library, agent] of [['edge', pair.edgeLibrary, pair.edge], ['core', pair.coreLibrary, pair.core]] as const) {
     const paths = library.paths(VM);
+    const pid = await readPidFile(paths.pidFile);
+    const qemu = pid === undefined ? 'no pid file' : `pid ${pid} ${(await isAlive(pid)) ? 'alive' : 'dead'}`;
+    const journal = await readFile(sourceJournalPath(paths.dir), 'utf8').catch(() => 'none');
     parts.push(
-      `--- ${site}: QEMU ${(await qemuAlive(library)) ? 'alive' : 'not running'}; agent log:\n${agent.log.slice(-25).join('\n')}`,
+      `--- ${site}: QEMU ${qemu}; source journal: ${journal}; agent log:\n${agent.log.slice(-25).join('\n')}`,
       `--- ${site} qemu.log:\n${await tail(paths.qemuLog)}`,
       `--- ${site} serial console:\n${await tail(paths.serialLog)}`,
     );

@@ -191,6 +191,14 @@ async function finishCommit(input: RecoverMigrationInput, waitForPostcopy: boole
         }
       }
     }
+    // Quit only the QEMU that sent this guest away: after a completed migration it sits in
+    // `postmigrate`. A QEMU that runs the guest (restarted here since) is never quit on a journal's word.
+    const status = await vm.status();
+    const migration = (await vm.qmp.execute('query-migrate')).status;
+    if (status.qemuStatus !== 'postmigrate' && migration !== 'completed') {
+      notes.push(`the QEMU here (${status.qemuStatus}, migration ${migration ?? 'none'}) is not the source of migration ${journal.migrationId}: kept running; check where the VM runs with 'snowbird status' before moving it`);
+      return { kind: 'in-doubt', notes };
+    }
     await vm.quit();
     notes.push('quit the source QEMU');
   }

@@ -71,6 +71,8 @@ class PhaseFailure extends Error {
   override readonly name = 'PhaseFailure';
 }
 
+/** How long a new migration waits for QEMU to finish cancelling the previous one. */
+const CANCELLING_WAIT_MS = 30_000;
 const RUNNING_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'postcopy-recover', 'wait-unplug', 'cancelling']);
 
 /** Migrates `vm` to `destination`. Resolves with the result record; rejects with MigrationError. */
@@ -248,7 +250,12 @@ class SourceMigration {
       throw new PhaseFailure(`the VM is ${status.qemuStatus}, not running or paused; only a running or paused VM can be migrated`);
     }
     this.#sourceWasRunning = status.state === 'running';
-    const migration = await this.#vm.qmp.execute('query-migrate');
+    let migration = await this.#vm.qmp.execute('query-migrate');
+    // A cancelled migration winds down in the background: give it time before calling QEMU busy.
+    for (const deadline = performance.now() + CANCELLING_WAIT_MS; migration.status === 'cancelling' && performance.now() < deadline; ) {
+      await new Promise((r) => setTimeout(r, 100));
+      migration = await this.#vm.qmp.execute('query-migrate');
+    }
     if (migration.status !== undefined && RUNNING_MIGRATION.has(migration.status)) {
       throw new PhaseFailure(`QEMU already has a migration in progress (${migration.status}); wait for it or cancel it`);
     }
