@@ -50,5 +50,7 @@ export const migrationRecordSchema = z.object({
   streamBytes: z.record(z.string(), z.number().nonnegative()),
   /** QEMU's final query-migrate statistics, as reported. */
   qemu: z.record(z.string(), z.unknown()).optional(),
+  /** Who asked for the move: the user, or the placement policy (a pin, or its own rules) with its reasons. */
+  trigger: z.object({ by: z.enum(['user', 'policy', 'pin']), reasons: z.array(z.string()).max(32) }).optional(),
 });
 export type MigrationRecord = z.infer<typeof migrationRecordSchema>;
