@@ -15,6 +15,10 @@ import { VmLibrary } from './vm-library.ts';
 import { MigrationService } from './migration-service.ts';
 import { PAIRING_TOKEN_ENV, startEmbeddedCore, type EmbeddedCore } from './embedded-core.ts';
 import { DisplayService } from './display-service.ts';
+import { PlacementService } from './placement-service.ts';
+import { VmSensors } from './vm-sensors.ts';
+import { DEFAULT_POLICY_PARAMS, hostReadingSchema } from '../shared/placement.ts';
+import { peerMethods } from '../shared/peer-api.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
 
 export interface AgentOptions {
@@ -149,11 +153,17 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   let displays: DisplayService | undefined;
   const migrations = new MigrationService({ role, dataDir, library, store, history, log, onSwitched: (vm, site) => void displays?.moved(vm, site) });
   await migrations.recover();
+  const sensors = new VmSensors(library, log);
+  /** The peer API on every new link: migrations, and the host readings of the VMs this site runs. */
+  const setupLink = (link: PeerLink): void => {
+    migrations.attach(link);
+    link.handle('vm.sensors', peerMethods['vm.sensors'], (p) => sensors.read(p.vm));
+  };
 
   let server: LinkServer | undefined;
   if (options.listen !== undefined) {
     const endpoint = listenAddress(options.listen);
-    server = await LinkServer.listen({ identity, trust, host: endpoint.host, port: endpoint.port, name, setup: (link) => migrations.attach(link) });
+    server = await LinkServer.listen({ identity, trust, host: endpoint.host, port: endpoint.port, name, setup: setupLink });
     server.on('paired', (peer) => log(`paired with ${peer.name} (${peer.fingerprint})`));
     server.on('refused', (refused) => log(`refused a connection from ${refused.remoteAddress}: ${refused.code}: ${refused.message}`));
     server.on('link', (link) => {
@@ -173,6 +183,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   }
 
   let embedded: EmbeddedCore | undefined;
+  let placement: PlacementService | undefined;
   let connection: CoreConnection | undefined;
   const client = new LinkClient({ identity, name });
   if (role === 'edge') {
@@ -186,7 +197,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         log(`paired with the embedded core (${embedded.fingerprint})`);
       }
     }
-    connection = new CoreConnection(client, trust, store, (link) => migrations.attach(link), log);
+    connection = new CoreConnection(client, trust, store, setupLink, log);
     const link = connection;
     displays = new DisplayService({
       library,
@@ -198,7 +209,25 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         await migrations.refreshVms();
         return store.getState().vms[vm]?.location === 'core' ? 'core' : undefined;
       },
+      onActivity: (record) => placement?.onActivity(record),
     });
+    placement = new PlacementService({
+      dataDir,
+      library,
+      store,
+      history,
+      migrations,
+      displays,
+      params: DEFAULT_POLICY_PARAMS,
+      log,
+      hostReading: async (vm, site) => {
+        if (site === 'edge') return sensors.read(vm);
+        const core = link.current;
+        if (core === undefined) return null;
+        return hostReadingSchema.nullable().parse(await core.request('vm.sensors', { vm }, { timeoutMs: 2_000 }));
+      },
+    });
+    await placement.start();
     migrations.setCoreLink(() => connection?.waitConnected(15_000) ?? Promise.reject(new LocalApiError('no-core', 'this agent has no core')));
     void connection.run();
     if (options.embeddedCore) await connection.waitConnected(15_000);
@@ -225,6 +254,16 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       case 'display':
         if (displays === undefined) throw new LocalApiError('wrong-role', 'displays are served by the edge agent, where the user is');
         return displays.open(command.vm);
+      case 'placement': {
+        if (placement === undefined) throw new LocalApiError('wrong-role', 'placement is decided by the edge agent');
+        if (command.mode !== undefined) await placement.setMode(command.vm, command.mode);
+        const decision = placement.lastDecision(command.vm);
+        return { vm: command.vm, mode: placement.mode(command.vm), ...(decision ? { decision } : {}) };
+      }
+      case 'samples':
+        return history.samples(command.vm, command.after, command.limit);
+      case 'decisions':
+        return history.decisions({ ...(command.vm ? { vm: command.vm } : {}), ...(command.limit ? { limit: command.limit } : {}) });
     }
   }) as LocalHandler;
   const local = await LocalApiServer.listen(localApiSocket(dataDir), handle);
@@ -233,6 +272,8 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
     store,
     close: async () => {
       local.close();
+      placement?.stop();
+      sensors.close();
       await displays?.close();
       await connection?.stop();
       await server?.close();

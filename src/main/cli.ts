@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // `snowbird`: the command-line interface and this process's composition root. Commands parse their
 // options here and call the operations in vm-service / guest; errors become exit codes in one place.
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Argument, Command, InvalidArgumentError, Option } from 'commander';
 import { readFile, stat } from 'node:fs/promises';
-import { watch } from 'node:fs';
+import { createWriteStream, watch } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { buildGuest, findBuiltGuest, GuestBuildError } from '../../guest/build.ts';
 import { VmLibrary, defaultDataDir } from './vm-library.ts';
@@ -13,7 +13,7 @@ import { LocalApiClient } from './local-api/client.ts';
 import { runAgent } from './agent.ts';
 import type { SiteRole } from '../shared/migration.ts';
 import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
-import { decisionChanges, describeDecision, parseTrace, replay } from '../interaction-detect/common/trace.ts';
+import { decisionChanges, describeDecision, formatTrace, parseTrace, replay } from '../interaction-detect/common/trace.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
 const DEFAULT_CACHE = join(REPO_ROOT, '.cache');
@@ -344,22 +344,73 @@ program
 
 program
   .command('history')
-  .description('past migrations with their figures, newest first')
+  .description('past migrations with their figures and who asked for them, newest first; --decisions: the placement policy\'s decisions with their reasons')
   .option('--vm <name>', 'only this VM')
   .option('--limit <n>', 'how many', positiveInt, 20)
+  .option('--decisions', 'the placement decisions (moves and changes of rule) instead of the migrations', false)
   .option('--json', 'print JSON for scripts', false)
-  .action(async (opts: { vm?: string; limit: number; json: boolean }, command: Command) => {
+  .action(async (opts: { vm?: string; limit: number; decisions: boolean; json: boolean }, command: Command) => {
+    if (opts.decisions) {
+      const rows = await withAgent(command, (client) => client.request({ cmd: 'decisions', limit: opts.limit, ...(opts.vm ? { vm: opts.vm } : {}) }));
+      if (opts.json) return printJson(rows);
+      if (rows.length === 0) return void process.stdout.write('no placement decisions yet\n');
+      for (const { vm, decision } of rows) process.stdout.write(`${new Date(decision.at).toISOString().replace('T', ' ').slice(0, 19)} ${vm}: ${describeDecision(decision, decision.at).replace(/^\+0\.0 s\s*/, '')}\n`);
+      return;
+    }
     const records = await withAgent(command, (client) => client.request({ cmd: 'history', limit: opts.limit, ...(opts.vm ? { vm: opts.vm } : {}) }));
     if (opts.json) return printJson(records);
     if (records.length === 0) return void process.stdout.write('no migrations yet\n');
     process.stdout.write(formatTable(
-      ['STARTED', 'VM', 'MOVE', 'STRATEGY', 'OUTCOME', 'TIME', 'DOWNTIME', 'BYTES'],
+      ['STARTED', 'VM', 'MOVE', 'BY', 'STRATEGY', 'OUTCOME', 'TIME', 'DOWNTIME', 'BYTES'],
       records.map((r) => [
-        r.startedAt.replace('T', ' ').slice(0, 19), r.vm, `${r.from}→${r.to}`, r.strategy,
+        r.startedAt.replace('T', ' ').slice(0, 19), r.vm, `${r.from}→${r.to}`, r.trigger?.by ?? 'user', r.strategy,
         r.outcome === 'committed' ? 'moved' : `failed (${r.failedPhase ?? '?'})`, formatMs(r.totalMs),
         r.downtimeMs === undefined ? '-' : formatMs(r.downtimeMs), formatBytes(Object.values(r.streamBytes).reduce((a, b) => a + b, 0)),
       ]),
     ));
+  });
+
+program
+  .command('placement')
+  .description('where the VM should run: auto (the policy moves it), keep-edge or keep-core (a pin, which always wins); without a mode, shows the mode and the latest decision with its reasons')
+  .argument('<vm>', 'VM name')
+  .addArgument(new Argument('[mode]', 'the new mode').choices([...PLACEMENT_MODES]))
+  .option('--json', 'print JSON for scripts', false)
+  .action(async (vmName: string, mode: PlacementMode | undefined, opts: { json: boolean }, command: Command) => {
+    const reply = await withAgent(command, (client) => client.request({ cmd: 'placement', vm: vmName, ...(mode ? { mode } : {}) }));
+    if (opts.json) return printJson(reply);
+    process.stdout.write(`placement of "${reply.vm}": ${reply.mode}\n`);
+    if (reply.decision) process.stdout.write(`latest decision: ${describeDecision(reply.decision, reply.decision.at).replace(/^\+0\.0 s\s*/, '')}\n`);
+  });
+
+const trace = program.command('trace').description('interaction samples, as the placement policy sees them');
+
+trace
+  .command('record')
+  .description('save a VM\'s interaction samples (about 4 per second) as JSON lines, for `snowbird policy replay`; stops after --seconds or on Ctrl-C')
+  .argument('<vm>', 'VM name')
+  .option('--out <file>', 'write here instead of standard output')
+  .option('--seconds <n>', 'record this long', positiveInt)
+  .action(async (vmName: string, opts: { out?: string; seconds?: number }, command: Command) => {
+    const out = opts.out === undefined ? process.stdout : createWriteStream(opts.out, { flags: 'w', mode: 0o600 });
+    const until = opts.seconds === undefined ? Infinity : Date.now() + opts.seconds * 1000;
+    let stop = false;
+    process.once('SIGINT', () => (stop = true));
+    let after = Date.now();
+    let count = 0;
+    await withAgent(command, async (client) => {
+      while (!stop && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, Math.min(1000, Math.max(0, until - Date.now()))));
+        const samples = await client.request({ cmd: 'samples', vm: vmName, after });
+        if (samples.length > 0) {
+          out.write(formatTrace(samples));
+          after = samples.at(-1)?.at ?? after;
+          count += samples.length;
+        }
+      }
+    });
+    if (out !== process.stdout) await new Promise<void>((resolve) => out.end(resolve));
+    process.stderr.write(`recorded ${count} samples of "${vmName}"${opts.out ? ` to ${opts.out}` : ''}\n`);
   });
 
 const policy = program.command('policy').description('the automatic placement policy, offline');

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { safeId } from './vm-spec.ts';
 import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
 import { displayStatusSchema } from './display.ts';
+import { PLACEMENT_MODES, type InteractionSample, type PlacementDecision, type PlacementMode } from './placement.ts';
 
 
 export const localCommandSchema = z.discriminatedUnion('cmd', [
@@ -28,6 +29,12 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
   z.object({ cmd: z.literal('history'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
   /** Opens (or finds) the VM's display gateway at the edge: where viewers connect. */
   z.object({ cmd: z.literal('display'), vm: safeId }),
+  /** The VM's placement mode (set it with `mode`) and the policy's latest decision. */
+  z.object({ cmd: z.literal('placement'), vm: safeId, mode: z.enum(PLACEMENT_MODES).optional() }),
+  /** Interaction samples taken strictly after `after` (ms since the epoch), oldest first. */
+  z.object({ cmd: z.literal('samples'), vm: safeId, after: z.number().nonnegative(), limit: z.number().int().positive().max(10_000).optional() }),
+  /** Placement decisions worth keeping (moves and changes of rule), newest first. */
+  z.object({ cmd: z.literal('decisions'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
 ]);
 export type LocalCommand = z.infer<typeof localCommandSchema>;
 
@@ -79,6 +86,16 @@ export interface LocalReplies {
   cancel: CancelReply;
   history: MigrationRecord[];
   display: DisplayReply;
+  placement: PlacementReply;
+  samples: InteractionSample[];
+  decisions: { vm: string; decision: PlacementDecision }[];
+}
+
+export interface PlacementReply {
+  vm: string;
+  mode: PlacementMode;
+  /** The policy's latest decision for the VM (none before its first sample). */
+  decision?: PlacementDecision;
 }
 
 export const localErrorSchema = z.object({ code: z.string(), message: z.string() });

@@ -72,6 +72,15 @@ export type InteractionSample = z.infer<typeof interactionSampleSchema>;
 /** A sample as written: sensor fields may be left out (= unavailable). */
 export type InteractionSampleInput = z.input<typeof interactionSampleSchema>;
 
+/** What the host that runs the VM measures of its QEMU process (the core answers `vm.sensors` with it). */
+export const hostReadingSchema = z.object({
+  gpuBusy: z.number().min(0).max(1).nullable(),
+  vcpuBusy: z.number().nonnegative().nullable(),
+  diskBytesPerS: z.number().nonnegative().nullable(),
+  netBytesPerS: z.number().nonnegative().nullable(),
+});
+export type HostReading = z.infer<typeof hostReadingSchema>;
+
 /**
  * A past migration of this VM, as the policy's cost model needs it. `pastMigrationOf` derives one from
  * a history record.
