@@ -27,6 +27,8 @@ export interface AgentOptions {
   /** HOST:PORT for the TLS peer API. The core needs it; port 0 picks a free port. */
   listen?: string;
   embeddedCore?: boolean;
+  /** Edge: the placement policy moves VMs itself (default); false = it only samples and decides. */
+  autoPlacement?: boolean;
   name?: string;
   log: (line: string) => void;
   /** Machine-readable announcements on stdout (the embedded core's parent reads `listening`). */
@@ -219,6 +221,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       migrations,
       displays,
       params: DEFAULT_POLICY_PARAMS,
+      act: options.autoPlacement ?? true,
       log,
       hostReading: async (vm, site) => {
         if (site === 'edge') return sensors.read(vm);

@@ -210,12 +210,14 @@ program
   .option('--listen <host:port>', 'where the peer API listens (TLS); the core must listen, the edge need not', hostPort)
   .option('--embedded-core', 'edge only: also run a core agent on this machine (own data dir and port), paired automatically', false)
   .option('--name <name>', 'this site\'s name, shown to its peer (default: role@hostname)')
-  .action(async (opts: { role: SiteRole; listen?: string; embeddedCore: boolean; name?: string }, command: Command) => {
+  .option('--no-auto-placement', 'edge only: the placement policy samples and decides (see `snowbird placement`, `history --decisions`) but never moves a VM itself')
+  .action(async (opts: { role: SiteRole; listen?: string; embeddedCore: boolean; name?: string; autoPlacement: boolean }, command: Command) => {
     if (opts.embeddedCore && opts.role !== 'edge') throw new InvalidArgumentError('--embedded-core is for the edge role');
     const agent = await runAgent({
       role: opts.role,
       dataDir: library(command).dataDir,
       embeddedCore: opts.embeddedCore,
+      autoPlacement: opts.autoPlacement,
       ...(opts.listen === undefined ? {} : { listen: opts.listen }),
       ...(opts.name === undefined ? {} : { name: opts.name }),
       log: (line) => process.stderr.write(`${line}\n`),

@@ -35,6 +35,8 @@ export interface PlacementServiceDeps {
   /** The host's readings of the VM's QEMU at `site` (null when they cannot be had now). */
   hostReading: (vm: string, site: SiteRole) => Promise<HostReading | null>;
   params: PolicyParams;
+  /** Carry out the policy's moves; false = decide and record only (a dry run the user can watch). */
+  act: boolean;
   log: (line: string) => void;
   periodMs?: number;
 }
@@ -147,7 +149,8 @@ export class PlacementService {
     if (decision.action === 'migrate' || loop.last?.rule !== decision.rule || loop.last.action !== decision.action) this.#deps.history.addDecision(vm, decision);
     loop.last = decision;
     if (decision.action !== 'migrate') return;
-    this.#deps.log(`placement: ${vm} ${decision.site} → ${decision.to} (${decision.rule}): ${decision.reasons[0] ?? ''}`);
+    this.#deps.log(`placement: ${this.#deps.act ? '' : 'would move (automatic moves are off) '}${vm} ${decision.site} → ${decision.to} (${decision.rule}): ${decision.reasons[0] ?? ''}`);
+    if (!this.#deps.act) return;
     const by = decision.rule === 'pin' ? 'pin' : 'policy';
     void this.#deps.migrations
       .migrate({ cmd: 'migrate', vm, to: decision.to, strategy: decision.strategy }, () => {}, { by, reasons: decision.reasons })

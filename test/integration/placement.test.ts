@@ -52,7 +52,7 @@ describe('automatic placement follows the work', { timeout: 20 * 60_000 }, () =>
   };
 
   before(async () => {
-    pair = await AgentPair.start();
+    pair = await AgentPair.start({ autoPlacement: true });
     await pair.createVmAtEdge(VM);
     const channel = await GuestChannel.connect(VM, pair.edgeLibrary.paths(VM).control, { retryUntilMs: 10_000 });
     try {

@@ -47,8 +47,11 @@ export class AgentPair {
   token = '';
   coreFingerprint = '';
 
-  private constructor(root: string) {
+  readonly #autoPlacement: boolean;
+
+  private constructor(root: string, autoPlacement: boolean) {
     this.root = root;
+    this.#autoPlacement = autoPlacement;
   }
 
   get edgeLibrary(): VmLibrary {
@@ -59,9 +62,13 @@ export class AgentPair {
     return new VmLibrary(join(this.root, 'core'));
   }
 
-  /** Starts a core and an edge agent; pairs them unless `pair` is false. */
-  static async start(options: { pair?: boolean } = {}): Promise<AgentPair> {
-    const pair = new AgentPair(await mkdtemp(join(tmpdir(), 'sb-ag-')));
+  /**
+   * Starts a core and an edge agent; pairs them unless `pair` is false. The edge's placement policy
+   * only decides (no automatic moves) unless `autoPlacement`: tests of manual moves need the VM where
+   * they put it.
+   */
+  static async start(options: { pair?: boolean; autoPlacement?: boolean } = {}): Promise<AgentPair> {
+    const pair = new AgentPair(await mkdtemp(join(tmpdir(), 'sb-ag-')), options.autoPlacement ?? false);
     await pair.startCore();
     await pair.startEdge();
     if (options.pair ?? true) {
@@ -74,7 +81,7 @@ export class AgentPair {
 
   /** (Re)starts the edge agent on its data directory and waits for its local API. */
   async startEdge(): Promise<void> {
-    this.edge = startAgent('edge', join(this.root, 'edge'), []);
+    this.edge = startAgent('edge', join(this.root, 'edge'), this.#autoPlacement ? [] : ['--no-auto-placement']);
     await waitFor('the edge agent', () => LocalApiClient.connect(localApiSocket(join(this.root, 'edge'))).then((c) => (c.close(), true), () => undefined));
   }
 
