@@ -6,9 +6,8 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Page } from 'playwright-core';
 import { AgentPair } from '../support/agents.ts';
-import { runCli, waitForHeartbeats } from '../support/fixtures.ts';
+import { runCli } from '../support/fixtures.ts';
 import { canvasSnapshot, NoVncBrowser, noVncState, RfbTestViewer, typeAndSeeOnConsole, waitUntil } from '../support/display.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { displayReplySchema, type DisplayReply } from '../../src/shared/local-api.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
 
@@ -24,12 +23,7 @@ describe('the display follows the VM across migrations without a disconnect', { 
   before(async () => {
     pair = await AgentPair.start();
     await pair.createVmAtEdge(VM);
-    const channel = await GuestChannel.connect(VM, pair.edgeLibrary.paths(VM).control, { retryUntilMs: 10_000 });
-    try {
-      await waitForHeartbeats(channel, 1, 90_000);
-    } finally {
-      channel.close();
-    }
+    await pair.waitGuestReady(VM);
     const r = await runCli(['--data', pair.edgeLibrary.dataDir, 'display', VM, '--json']);
     assert.equal(r.code, 0, r.stderr);
     display = displayReplySchema.parse(JSON.parse(r.stdout));

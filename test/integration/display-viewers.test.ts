@@ -14,13 +14,14 @@ import {
   decodePng,
   differingShare,
   litPixels,
+  rfbClientHandshake,
   RfbTestViewer,
   typeViaRfbAndSeeOnConsole,
   waitUntil,
   type DisplayVm,
 } from '../support/display.ts';
 import { DisplayGateway, unixSocketConnector, type ViewerClosed } from '../../src/display/gateway.ts';
-import { RfbClientHandshake, RfbEncoding, encodeClientMessage, type PixelFormat, type ServerInit } from '../../src/display/common/rfb.ts';
+import { RfbEncoding, encodeClientMessage, type PixelFormat, type ServerInit } from '../../src/display/common/rfb.ts';
 
 /** Resolves with `promise`, or fails after `ms` naming what it waited for. */
 async function within<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
@@ -72,27 +73,8 @@ async function stalledViewer(port: number): Promise<StalledViewer> {
   let closed = false;
   socket.on('error', () => undefined);
   socket.on('close', () => (closed = true));
-  const init = await within(
-    new Promise<ServerInit>((resolve, reject) => {
-      const handshake = new RfbClientHandshake({ shared: true });
-      const onData = (chunk: Buffer): void => {
-        for (const event of handshake.feed(chunk)) {
-          if (event.kind === 'send') socket.write(event.bytes);
-          else if (event.kind === 'error') reject(new Error(event.error.message));
-          else if (event.kind === 'server-init') {
-            // From here on nothing is read: the gateway's bytes pile up in the kernel's buffers.
-            socket.pause();
-            socket.off('data', onData);
-            resolve(event.serverInit);
-            return;
-          }
-        }
-      };
-      socket.on('data', onData);
-      socket.once('close', () => reject(new Error('the gateway closed the connection during the handshake')));
-    }),
-    'the stalled viewer handshake',
-  );
+  // From the handshake's end nothing is read (the socket stays paused): the gateway's bytes pile up in the kernel's buffers.
+  const { serverInit: init } = await within(rfbClientHandshake(socket), 'the stalled viewer handshake');
   const { width, height } = init;
   const request = encodeClientMessage({ type: 'framebuffer-update-request', incremental: false, x: 0, y: 0, width, height });
   socket.write(encodeClientMessage({ type: 'set-encodings', encodings: [RfbEncoding.Raw] }));

@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { AgentPair } from '../support/agents.ts';
-import { runCli, waitForHeartbeats } from '../support/fixtures.ts';
+import { runCli } from '../support/fixtures.ts';
 import { RfbTestViewer, typeViaRfb, waitUntil } from '../support/display.ts';
 import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import type { GuestCommand } from '../../src/shared/guest-protocol.ts';
@@ -54,12 +54,7 @@ describe('automatic placement follows the work', { timeout: 20 * 60_000 }, () =>
   before(async () => {
     pair = await AgentPair.start({ autoPlacement: true });
     await pair.createVmAtEdge(VM);
-    const channel = await GuestChannel.connect(VM, pair.edgeLibrary.paths(VM).control, { retryUntilMs: 10_000 });
-    try {
-      await waitForHeartbeats(channel, 1, 90_000);
-    } finally {
-      channel.close();
-    }
+    await pair.waitGuestReady(VM);
     // A quiet guest: its integrity workloads would read as a crunch of their own.
     await guest('edge', { type: 'mem-stop' });
     await guest('edge', { type: 'disk-stop' });

@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { REPO_ROOT, demoGuest, runCli } from './fixtures.ts';
+import { REPO_ROOT, demoGuest, runCli, waitForHeartbeats } from './fixtures.ts';
+import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { VmLibrary } from '../../src/main/vm-library.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { LocalApiClient } from '../../src/main/local-api/client.ts';
@@ -133,6 +134,17 @@ export class AgentPair {
     }
     const r = await runCli(['--data', library.dataDir, 'vm', 'start', name]);
     if (r.code !== 0) throw new Error(`vm start failed: ${r.stderr}`);
+  }
+
+  /** Waits for the guest's first integrity heartbeat at `site`: it has booted and its agent answers. */
+  async waitGuestReady(vm: string, site: 'edge' | 'core' = 'edge', timeoutMs = 90_000): Promise<void> {
+    const library = site === 'edge' ? this.edgeLibrary : this.coreLibrary;
+    const channel = await GuestChannel.connect(vm, library.paths(vm).control, { retryUntilMs: 10_000 });
+    try {
+      await waitForHeartbeats(channel, 1, timeoutMs);
+    } finally {
+      channel.close();
+    }
   }
 
   async killAgent(agent: AgentProcess): Promise<void> {

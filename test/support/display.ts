@@ -21,6 +21,7 @@ import {
   pixelsToRgba,
   type PixelFormat,
   type RfbClientMessage,
+  type ServerInit,
 } from '../../src/display/common/rfb.ts';
 
 export async function waitUntil(what: string, predicate: () => boolean | Promise<boolean>, timeoutMs = 20_000, everyMs = 100): Promise<void> {
@@ -72,6 +73,31 @@ export interface TestViewerOptions {
   encodings?: number[];
 }
 
+/**
+ * The client side of the RFB handshake (security None) on a connected socket. Resolves with the
+ * ServerInit and the bytes that came after it, the socket paused (resume it to read on).
+ */
+export function rfbClientHandshake(socket: Socket, why: () => string = () => 'no error'): Promise<{ serverInit: ServerInit; rest: Uint8Array }> {
+  return new Promise((resolve, reject) => {
+    const handshake = new RfbClientHandshake({ shared: true });
+    const onData = (chunk: Buffer): void => {
+      for (const event of handshake.feed(chunk)) {
+        if (event.kind === 'send') socket.write(event.bytes);
+        else if (event.kind === 'error') reject(new Error(event.error.message));
+        else if (event.kind === 'server-init') {
+          socket.pause();
+          socket.off('data', onData);
+          resolve({ serverInit: event.serverInit, rest: event.rest.slice() });
+          return;
+        }
+      }
+    };
+    socket.on('data', onData);
+    socket.once('error', reject);
+    socket.once('close', () => reject(new Error(`the server closed the connection during the handshake (${why()})`)));
+  });
+}
+
 /** Connects, handshakes, asks for updates forever and paints them (Raw only) into `rgba`. */
 export class RfbTestViewer {
   readonly socket: Socket;
@@ -106,25 +132,11 @@ export class RfbTestViewer {
 
   static async #open(socket: Socket, options: TestViewerOptions): Promise<RfbTestViewer> {
     const viewer = new RfbTestViewer(socket);
-    await new Promise<void>((resolve, reject) => {
-      const handshake = new RfbClientHandshake({ shared: true });
-      const onData = (chunk: Buffer): void => {
-        for (const event of handshake.feed(chunk)) {
-          if (event.kind === 'send') socket.write(event.bytes);
-          else if (event.kind === 'error') reject(new Error(event.error.message));
-          else if (event.kind === 'server-init') {
-            socket.off('data', onData);
-            viewer.#begin(event.serverInit.width, event.serverInit.height, event.serverInit.name, options);
-            socket.on('data', (c: Buffer) => viewer.#onData(c));
-            if (event.rest.length > 0) viewer.#onData(event.rest);
-            resolve();
-          }
-        }
-      };
-      socket.on('data', onData);
-      socket.once('error', reject);
-      socket.once('close', () => reject(new Error(`the server closed the connection during the handshake (${viewer.error ?? 'no error'})`)));
-    });
+    const { serverInit, rest } = await rfbClientHandshake(socket, () => viewer.error ?? 'no error');
+    viewer.#begin(serverInit.width, serverInit.height, serverInit.name, options);
+    socket.on('data', (c: Buffer) => viewer.#onData(c));
+    if (rest.length > 0) viewer.#onData(rest);
+    socket.resume();
     return viewer;
   }
 
