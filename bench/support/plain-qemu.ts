@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { QmpClient } from '../../src/migrator/qmp/client.ts';
 import type { QmpEvent } from '../../src/migrator/qmp/common/messages.ts';
-import type { MigrationInfo } from '../../src/migrator/qmp/types.ts';
+import type { MigrationInfo } from '../../src/migrator/qmp/common/types.ts';
 import { buildQemuArgv, DISK_NODE, vmPaths, type VmPaths, type VmSpec } from '../../src/migrator/qemu/common/spec.ts';
 import { QEMU_BINARY } from '../../src/migrator/qemu/vm.ts';
 import { readPidFile, waitForExit } from '../../src/migrator/qemu/process-info.ts';

@@ -12,7 +12,7 @@ import { PeerAuthError, PeerConnectError, PeerDisconnectedError, PeerFingerprint
 import { loadOrCreateIdentity } from '../../src/migrator/link/identity.ts';
 import type { PeerLink } from '../../src/migrator/link/peer-link.ts';
 import { LinkServer, type RefusedConnection } from '../../src/migrator/link/server.ts';
-import { rawConnect, startTestSites, type TestSites } from '../../src/migrator/link/testing.ts';
+import { rawConnect, startTestSites, type TestSites } from '../support/link-testing.ts';
 import { TrustStore, sha256Hex } from '../../src/migrator/link/trust.ts';
 
 const cleanups: (() => Promise<void>)[] = [];

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { encodeFrame } from '../../src/migrator/link/common/frames.ts';
 import { LinkError, PeerDisconnectedError, PeerProtocolError, PeerRequestError } from '../../src/migrator/link/errors.ts';
 import type { PeerLink } from '../../src/migrator/link/peer-link.ts';
-import { rawControl, startTestSites, type TestSites } from '../../src/migrator/link/testing.ts';
+import { rawControl, startTestSites, type TestSites } from '../support/link-testing.ts';
 
 const cleanups: (() => Promise<void>)[] = [];
 after(async () => {

@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { PeerDisconnectedError, PeerRequestError } from '../../src/migrator/link/errors.ts';
 import type { PeerLink } from '../../src/migrator/link/peer-link.ts';
 import { bridgeListener, type BridgeListener } from '../../src/migrator/link/streams.ts';
-import { startTestSites, type TestSites } from '../../src/migrator/link/testing.ts';
+import { startTestSites, type TestSites } from '../support/link-testing.ts';
 
 const MiB = 1024 * 1024;
 const cleanups: (() => Promise<void>)[] = [];

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { QmpClient } from '../../src/migrator/qmp/client.ts';
 import { QmpError } from '../../src/migrator/qmp/errors.ts';
-import type { QmpEvent } from '../../src/migrator/qmp/types.ts';
+import type { QmpEvent } from '../../src/migrator/qmp/common/types.ts';
 
 const QEMU = 'qemu-system-x86_64';
 const hasQemu = spawnSync(QEMU, ['--version']).status === 0;

@@ -105,7 +105,7 @@ describe('convergence watch', () => {
     assert.equal(byPass.get(3), 30900224);
     assert.equal(expectedDowntime({ ...(STALLED[0] as MigrationSample), expectedDowntimeMs: undefined, remaining: 25_000_000, mbps: 200 }), 1000);
     assert.equal(sampleOf({}, 0), undefined);
-    const s = sampleOf({ status: 'active', 'expected-downtime': 12, ram: { transferred: 1, remaining: 2, total: 3, duplicate: 0, skipped: 0, normal: 0, 'normal-bytes': 0, 'dirty-pages-rate': 4, mbps: 5, 'dirty-sync-count': 6, 'postcopy-requests': 0, 'page-size': 4096, 'multifd-bytes': 0, 'pages-per-second': 0, 'precopy-bytes': 0, 'downtime-bytes': 0, 'postcopy-bytes': 0 } }, 7);
+    const s = sampleOf({ status: 'active', 'expected-downtime': 12, ram: { transferred: 1, remaining: 2, total: 3, duplicate: 0, skipped: 0, normal: 0, 'normal-bytes': 0, 'dirty-pages-rate': 4, mbps: 5, 'dirty-sync-count': 6, 'postcopy-requests': 0, 'page-size': 4096, 'multifd-bytes': 0, 'pages-per-second': 0, 'precopy-bytes': 0, 'downtime-bytes': 0, 'postcopy-bytes': 0, 'dirty-sync-missed-zero-copy': 0 } }, 7);
     assert.deepEqual(s, { atMs: 7, status: 'active', dirtySyncCount: 6, remaining: 2, transferred: 1, expectedDowntimeMs: 12, dirtyPagesRate: 4, mbps: 5 });
   });
 });

@@ -17,7 +17,7 @@ import {
   QmpProtocolError,
   QmpTimeoutError,
 } from '../../src/migrator/qmp/errors.ts';
-import type { QmpEvent } from '../../src/migrator/qmp/types.ts';
+import type { QmpEvent } from '../../src/migrator/qmp/common/types.ts';
 
 const GREETING = {
   QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: 'fake' }, capabilities: ['oob'] },

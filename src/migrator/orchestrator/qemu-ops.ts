@@ -1,7 +1,7 @@
 // QMP steps the source and the destination share, and a watcher that folds a QEMU's events into
 // state the orchestrator waits on.
 import type { QmpClient } from '../qmp/client.ts';
-import type { QmpEvent } from '../qmp/types.ts';
+import type { QmpEvent } from '../qmp/common/types.ts';
 import { QmpError } from '../qmp/errors.ts';
 
 export interface DiskRoot {

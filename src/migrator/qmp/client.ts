@@ -15,7 +15,7 @@ import {
   QmpProtocolError,
   QmpTimeoutError,
 } from './errors.ts';
-import type { ArgsFor, QmpCallOptions, QmpCommandName, QmpCommands } from './types.ts';
+import type { ArgsFor, QmpCallOptions, QmpCommandName, QmpCommands } from './common/types.ts';
 
 export interface QmpConnectOptions {
   /** Connect + greeting + qmp_capabilities, once the socket exists. Default 5000. */

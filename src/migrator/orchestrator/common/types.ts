@@ -1,4 +1,5 @@
 // The migration's phases, progress events, result record and errors. Pure.
+import type { MigrationInfo } from '../../qmp/common/types.ts';
 import type { DiskSyncMode } from '../../layers/common/planner.ts';
 
 export type MemoryStrategy = 'precopy' | 'hybrid' | 'postcopy';
@@ -21,40 +22,8 @@ export interface MigrationOptions {
   downtimeCeilingMs?: number;
 }
 
-/**
- * QMP query-migrate as QEMU 7.2 answers it (fields omitted by state). The same shape as
- * qmp/types.ts MigrationInfo, restated here so pure code can use it.
- */
-export interface QemuMigrationStats {
-  status?: string;
-  ram?: {
-    transferred: number;
-    remaining: number;
-    total: number;
-    duplicate: number;
-    skipped: number;
-    normal: number;
-    'normal-bytes': number;
-    'dirty-pages-rate': number;
-    mbps: number;
-    'dirty-sync-count': number;
-    'postcopy-requests': number;
-    'page-size': number;
-    'multifd-bytes': number;
-    'pages-per-second': number;
-    'precopy-bytes': number;
-    'downtime-bytes': number;
-    'postcopy-bytes': number;
-  };
-  'xbzrle-cache'?: { 'cache-size': number; bytes: number; pages: number; 'cache-miss': number; 'cache-miss-rate': number; 'encoding-rate': number; overflow: number };
-  'total-time'?: number;
-  downtime?: number;
-  'expected-downtime'?: number;
-  'setup-time'?: number;
-  'cpu-throttle-percentage'?: number;
-  'error-desc'?: string;
-  'postcopy-blocktime'?: number;
-}
+/** QMP query-migrate as QEMU 7.2 answers it (fields omitted by state). */
+export type QemuMigrationStats = MigrationInfo;
 
 export type MigrationPhase = 'plan' | 'prepare' | 'disk' | 'memory' | 'switchover' | 'commit';
 export const PHASES: readonly MigrationPhase[] = ['plan', 'prepare', 'disk', 'memory', 'switchover', 'commit'];

@@ -1,7 +1,7 @@
 // Typed signatures for the QMP commands snowbird uses, checked against QEMU 7.2's query-qmp-schema.
 // Anything else goes through QmpClient.executeRaw.
 
-export type { QmpEvent, QmpGreeting } from './common/messages.ts';
+export type { QmpEvent, QmpGreeting } from './messages.ts';
 
 /** Commands that return nothing return an empty object. */
 type Empty = Record<string, never>;

@@ -4,17 +4,17 @@
 import { once } from 'node:events';
 import { clearTimeout, setTimeout } from 'node:timers';
 import type { TLSSocket } from 'node:tls';
-import { FrameDecoder, type DecodedFrame, encodeFrame } from './common/frames.ts';
-import { PROTOCOL_VERSION, type LinkMessage } from './common/protocol.ts';
-import { dialTls, parseAddress } from './handshake.ts';
+import { FrameDecoder, type DecodedFrame, encodeFrame } from '../../src/migrator/link/common/frames.ts';
+import { PROTOCOL_VERSION, type LinkMessage } from '../../src/migrator/link/common/protocol.ts';
+import { dialTls, parseAddress } from '../../src/migrator/link/handshake.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LinkClient, type LinkClientOptions } from './client.ts';
-import { loadOrCreateIdentity, type SiteIdentity } from './identity.ts';
-import type { PeerLink } from './peer-link.ts';
-import { LinkServer, type LinkServerOptions } from './server.ts';
-import { TrustStore, type CorePairing } from './trust.ts';
+import { LinkClient, type LinkClientOptions } from '../../src/migrator/link/client.ts';
+import { loadOrCreateIdentity, type SiteIdentity } from '../../src/migrator/link/identity.ts';
+import type { PeerLink } from '../../src/migrator/link/peer-link.ts';
+import { LinkServer, type LinkServerOptions } from '../../src/migrator/link/server.ts';
+import { TrustStore, type CorePairing } from '../../src/migrator/link/trust.ts';
 
 export interface TestSitesOptions {
   server?: Partial<Omit<LinkServerOptions, 'identity' | 'trust'>>;
