@@ -229,7 +229,7 @@ function oursTrip(record: MigrationRecord, cli: { startedAt: number; endedAt: nu
 
 async function runOurs(sites: SnowbirdSites, wan: Wan, results: Results): Promise<void> {
   log('ours: starting the core agent (in the namespace) and the edge agent, pairing them');
-  await sites.start();
+  await sites.start({ autoPlacement: false }); // manual moves only: the policy must not move the VM under the measurement
   log('ours: booting the guest at the edge');
   await sites.startVm(VM);
   const boot = await checkGuest(VM, sites.controlSocket(VM, 'edge'), 0);

@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { LocalApiClient } from '../../src/main/local-api/client.ts';
 import { localApiSocket } from '../../src/main/agent.ts';
 import { VmLibrary } from '../../src/main/vm-library.ts';
+import type { LocalCommand, LocalReplies } from '../../src/shared/local-api.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
 import { killPid, killQemuByPidFile, type Cleanup } from './cleanup.ts';
 import type { Wan } from './wan.ts';
@@ -52,6 +53,8 @@ interface Agent {
   dataDir: string;
   child: ChildProcess;
   log: string[];
+  /** Date.now() when each line of `log` was read. */
+  logTimes: number[];
 }
 
 async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 60_000): Promise<T> {
@@ -95,8 +98,13 @@ export class SnowbirdSites {
     const [command, ...rest] = [...prefix, NODE, CLI, '--data', dataDir, 'agent', '--role', role, ...args] as [string, ...string[]];
     // `ip netns exec` execs the command in place, so the child's pid is the agent's.
     const child = spawn(command, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const agent: Agent = { role, dataDir, child, log: [] };
-    for (const stream of [child.stdout, child.stderr]) createInterface({ input: stream }).on('line', (line) => agent.log.push(line));
+    const agent: Agent = { role, dataDir, child, log: [], logTimes: [] };
+    for (const stream of [child.stdout, child.stderr]) {
+      createInterface({ input: stream }).on('line', (line) => {
+        agent.log.push(line);
+        agent.logTimes.push(Date.now());
+      });
+    }
     this.#cleanup.add(`stop the ${role} agent`, () => this.#stopAgent(agent));
     return agent;
   }
@@ -110,8 +118,12 @@ export class SnowbirdSites {
     clearTimeout(timer);
   }
 
-  /** Starts the core (in the namespace) and the edge agent, and pairs them. */
-  async start(): Promise<void> {
+  /**
+   * Starts the core (in the namespace) and the edge agent, and pairs them. `autoPlacement: false`
+   * starts the edge agent with `--no-auto-placement` (its policy decides but never moves a VM, pins
+   * included); true or left out, the agent's default: the policy moves VMs itself.
+   */
+  async start(options: { autoPlacement?: boolean } = {}): Promise<void> {
     // Any QEMU the agents leave behind (a VM at either site) goes with the run.
     this.#cleanup.add('kill the agents\' QEMUs', async () => {
       for (const dir of [this.edgeDir, this.coreDir]) {
@@ -130,7 +142,7 @@ export class SnowbirdSites {
       }
       return undefined;
     });
-    const edge = this.#startAgent('edge', this.edgeDir, [], []);
+    const edge = this.#startAgent('edge', this.edgeDir, [], options.autoPlacement === false ? ['--no-auto-placement'] : []);
     this.#edge = edge;
     await waitFor('the edge agent\'s local API', () => {
       if (edge.child.exitCode !== null) throw new Error(`the edge agent exited: ${edge.log.join('\n')}`);
@@ -161,9 +173,28 @@ export class SnowbirdSites {
     return { record: JSON.parse(r.stdout) as MigrationRecord, cli: r };
   }
 
+  /** One request to the edge agent's local API (what the CLI sends), on a connection of its own. */
+  async edgeRequest<C extends LocalCommand>(command: C): Promise<LocalReplies[C['cmd']]> {
+    const client = await LocalApiClient.connect(localApiSocket(this.edgeDir));
+    try {
+      return await client.request(command);
+    } finally {
+      client.close();
+    }
+  }
+
   /** The control socket of the VM at the site where it runs now. */
   controlSocket(name: string, site: 'edge' | 'core'): string {
     return (site === 'edge' ? this.edgeLibrary : this.coreLibrary).paths(name).control;
+  }
+
+  /** An agent's log lines read at or after `since` (Date.now()), with when they were read. */
+  agentLines(role: 'edge' | 'core', since: number): { at: number; line: string }[] {
+    const agent = role === 'edge' ? this.#edge : this.#core;
+    if (agent === undefined) return [];
+    const lines: { at: number; line: string }[] = [];
+    for (let i = agent.log.length - 1; i >= 0 && (agent.logTimes[i] ?? 0) >= since; i--) lines.unshift({ at: agent.logTimes[i] ?? 0, line: agent.log[i] ?? '' });
+    return lines;
   }
 
   /** The agents' last log lines, for a failure report. */
