@@ -64,7 +64,7 @@ const layeringRule = {
 };
 
 export default tseslint.config(
-  { ignores: ['node_modules/**', '.cache/**', '.scratch/**', 'test/fixtures/**', 'test-results/**'] },
+  { ignores: ['node_modules/**', '.cache/**', '.scratch/**', 'test/fixtures/**', 'test-results/**', 'dist/**'] },
   js.configs.recommended,
   ...tseslint.configs.strict,
   {

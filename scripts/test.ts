@@ -1,4 +1,5 @@
-// `npm test`: type-check, lint, then unit and integration tests, ending with one summary line
+// `npm test`: type-check, lint, build the app (dist/ui, which the e2e tests load), then unit,
+// integration and e2e tests, ending with one summary line
 // "N passed, N failed, N skipped" (steps that are not test files count as one test each).
 import { spawnSync } from 'node:child_process';
 import { glob } from 'node:fs/promises';
@@ -29,9 +30,10 @@ function step(title: string, command: string, args: string[]): void {
 step('type-check (node)', bin('tsc'), ['-p', 'tsconfig.json', '--noEmit']);
 step('type-check (browser)', bin('tsc'), ['-p', 'tsconfig.browser.json', '--noEmit']);
 step('lint', bin('eslint'), ['.']);
+step('build the app', process.execPath, [resolve(root, 'scripts', 'build-ui.ts')]);
 
 const only = process.argv.slice(2);
-const patterns = only.length > 0 ? only : ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts'];
+const patterns = only.length > 0 ? only : ['test/unit/**/*.test.ts', 'test/integration/**/*.test.ts', 'test/e2e/**/*.test.ts'];
 const files: string[] = [];
 for (const pattern of patterns) {
   for await (const file of glob(pattern, { cwd: root })) files.push(resolve(root, file));

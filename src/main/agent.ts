@@ -20,6 +20,7 @@ import { VmSensors } from './vm-sensors.ts';
 import { DEFAULT_POLICY_PARAMS, hostReadingSchema } from '../shared/placement.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
+import { UiServer } from './ui-server.ts';
 
 export interface AgentOptions {
   role: SiteRole;
@@ -236,6 +237,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
     if (options.embeddedCore) await connection.waitConnected(15_000);
   }
 
+  let ui: UiServer | undefined;
   const handle = (async (command: LocalCommand, progress) => {
     switch (command.cmd) {
       case 'status':
@@ -267,20 +269,27 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         return history.samples(command.vm, command.after, command.limit);
       case 'decisions':
         return history.decisions({ ...(command.vm ? { vm: command.vm } : {}), ...(command.limit ? { limit: command.limit } : {}) });
+      case 'ui':
+        if (ui === undefined) throw new LocalApiError('wrong-role', 'the app is served by the edge agent, where the user is');
+        return { url: ui.url };
     }
   }) as LocalHandler;
   const local = await LocalApiServer.listen(localApiSocket(dataDir), handle);
+  // The app in a browser (`snowbird open`): the same handler behind a loopback WebSocket.
+  if (role === 'edge') ui = await UiServer.start({ store, handle, samples: (vm, after) => history.samples(vm, after), log });
 
   return {
     store,
     close: async () => {
       local.close();
+      await ui?.close();
       placement?.stop();
       sensors.close();
       await displays?.close();
       await connection?.stop();
       await server?.close();
       await embedded?.stop();
+      await migrations.close();
       history.close();
     },
   };

@@ -2,13 +2,14 @@
 // `snowbird`: the command-line interface and this process's composition root. Commands parse their
 // options here and call the operations in vm-service / guest; errors become exit codes in one place.
 import { Argument, Command, InvalidArgumentError, Option } from 'commander';
-import { readFile, stat } from 'node:fs/promises';
-import { createWriteStream, watch } from 'node:fs';
+import { access, readFile, stat } from 'node:fs/promises';
+import { constants, createWriteStream, watch } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { buildGuest, findBuiltGuest, GuestBuildError } from '../../guest/build.ts';
 import { VmLibrary, defaultDataDir } from './vm-library.ts';
 import { pauseVm, startVm, stopVm, vmStatus, type VmStatusReport } from './vm-service.ts';
-import { formatBytes, formatIntegrity, formatMigrationSummary, formatMs, formatProgress, formatTable } from './format.ts';
+import { formatIntegrity, formatLinkBytes, formatMigrationSummary, formatMs, formatProgress, formatTable } from './format.ts';
 import { LocalApiClient } from './local-api/client.ts';
 import { runAgent } from './agent.ts';
 import type { SiteRole } from '../shared/migration.ts';
@@ -255,8 +256,9 @@ program
   .addOption(new Option('--strategy <strategy>', 'memory strategy: precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (short pre-copy, then post-copy)').choices(['precopy', 'hybrid', 'postcopy']))
   .option('--bandwidth <Mbit/s>', 'cap the memory stream', bandwidth)
   .option('--downtime <ms>', 'longest acceptable pause at switchover', positiveInt)
+  .option('--no-dedup', 'send the memory stream plain, not through the dedup transport (which pre-copy uses by default)')
   .option('--json', 'print the migration record as JSON', false)
-  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; json: boolean }, command: Command) => {
+  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; dedup: boolean; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
     let lastPhase = '';
     let migrationId: string | undefined;
@@ -282,6 +284,7 @@ program
           ...(opts.strategy ? { strategy: opts.strategy } : {}),
           ...(opts.bandwidth ? { maxBandwidth: opts.bandwidth } : {}),
           ...(opts.downtime ? { downtimeLimitMs: opts.downtime } : {}),
+          ...(opts.dedup ? {} : { dedup: false }),
         },
         (progress) => {
           // stdout carries the record (--json) or the summary; progress goes to stderr either way.
@@ -319,6 +322,40 @@ program
         '',
       ].join('\n'),
     );
+  });
+
+/** Chromium, if this machine has it: Debian's path first, then PATH. */
+async function findChromium(): Promise<string | undefined> {
+  const candidates = ['/usr/bin/chromium', ...(process.env.PATH ?? '').split(':').filter(Boolean).map((dir) => join(dir, 'chromium'))];
+  for (const candidate of candidates) {
+    try {
+      await access(candidate, constants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+program
+  .command('open')
+  .description('the app in a browser: prints the edge agent\'s UI URL (with this run\'s token) and opens it in Chromium when there is a display')
+  .option('--no-browser', 'only print the URL')
+  .action(async (opts: { browser: boolean }, command: Command) => {
+    const { url } = await withAgent(command, (client) => client.request({ cmd: 'ui' }));
+    process.stdout.write(`${url}\n`);
+    if (!opts.browser) return;
+    const chromium = await findChromium();
+    const display = process.env.DISPLAY || process.env.WAYLAND_DISPLAY;
+    if (chromium === undefined || !display) {
+      process.stderr.write(`open it in a browser on this machine${chromium === undefined ? ' (no chromium found)' : ' (no $DISPLAY or $WAYLAND_DISPLAY)'}\n`);
+      return;
+    }
+    const child = spawn(chromium, [`--app=${url}`], { detached: true, stdio: 'ignore' });
+    child.on('error', (error) => process.stderr.write(`could not start ${chromium}: ${error.message}\n`));
+    child.unref();
+    process.stderr.write(`opened in ${chromium} (--app)\n`);
   });
 
 program
@@ -367,7 +404,7 @@ program
       records.map((r) => [
         r.startedAt.replace('T', ' ').slice(0, 19), r.vm, `${r.from}→${r.to}`, r.trigger?.by ?? 'user', r.strategy,
         r.outcome === 'committed' ? 'moved' : `failed (${r.failedPhase ?? '?'})`, formatMs(r.totalMs),
-        r.downtimeMs === undefined ? '-' : formatMs(r.downtimeMs), formatBytes(Object.values(r.streamBytes).reduce((a, b) => a + b, 0)),
+        r.downtimeMs === undefined ? '-' : formatMs(r.downtimeMs), formatLinkBytes(r),
       ]),
     ));
   });

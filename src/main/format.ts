@@ -52,9 +52,29 @@ export function formatMigrationSummary(r: MigrationRecord): string[] {
   const phases = Object.entries(r.phaseMs).map(([phase, ms]) => `${phase} ${formatMs(ms)}${r.phaseBytes[phase as keyof typeof r.phaseBytes] ? ` / ${formatBytes(r.phaseBytes[phase as keyof typeof r.phaseBytes] ?? 0)}` : ''}`);
   const streams = Object.entries(r.streamBytes).map(([stream, bytes]) => `${stream} ${formatBytes(bytes)}`);
   const total = Object.values(r.streamBytes).reduce((a, b) => a + b, 0);
+  const dedup = formatDedup(r);
   return [
     head,
     `  phases:  ${phases.join(', ') || '-'}`,
     `  on the link: ${formatBytes(total)} (${streams.join(', ') || '-'})`,
+    ...(dedup === undefined ? [] : [`  dedup: ${dedup}`]),
   ];
+}
+
+/** What the memory stream's dedup did: raw → on the link, or why it was not used, or how it failed. */
+export function formatDedup(r: MigrationRecord): string | undefined {
+  const d = r.dedup;
+  if (d === undefined) return undefined;
+  if (!d.used) return `not used${d.reason ? ` (${d.reason})` : ''}`;
+  const wire = r.streamBytes['migration'] ?? 0;
+  const saved = d.rawBytes > 0 ? ` (${((wire / d.rawBytes) * 100).toFixed(1)}%)` : '';
+  const refs = d.refBytes ? `, ${formatBytes(d.refBytes)} of it already at the ${r.to}` : '';
+  const failed = d.failed ? `; FAILED: ${d.failed}` : '';
+  return `memory stream ${formatBytes(d.rawBytes)} from QEMU → ${formatBytes(wire)} on the link${saved}${refs}${d.needs ? `, ${d.needs} chunk(s) re-sent` : ''}${failed}`;
+}
+
+/** A record's bytes on the link, with the memory stream's raw size when dedup carried it (the history table). */
+export function formatLinkBytes(r: MigrationRecord): string {
+  const total = formatBytes(Object.values(r.streamBytes).reduce((a, b) => a + b, 0));
+  return r.dedup?.used ? `${total} (mem ${formatBytes(r.dedup.rawBytes)} raw)` : total;
 }

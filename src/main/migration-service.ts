@@ -31,9 +31,13 @@ import { LocalApiError } from './local-api/server.ts';
 import type { History } from './history.ts';
 import type { AgentStore } from './store.ts';
 import type { VmLibrary } from './vm-library.ts';
+import { ChunkStores } from './chunk-stores.ts';
+import { dedupBridgeListener, dedupStreamHandler, type DedupBridge } from '../migrator/dedup/link.ts';
 
 const STREAM_MIGRATION = 'migration';
 const STREAM_NBD = 'nbd';
+/** The memory stream through the dedup transport (pre-copy only: see docs/migration.md). */
+const STREAM_MIGRATION_DEDUP = 'migration-dd';
 /** Switchover waits for the device state and a guest resume: generous, the stream may be slow. */
 const SWITCHOVER_TIMEOUT_MS = 10 * 60_000;
 
@@ -41,24 +45,34 @@ interface PrepareWireReply {
   nbdTarget: string;
   nbdExport: string;
   migrationTarget: string;
+  /** The same stream through the dedup transport; offered for pre-copy only. */
+  migrationDedupTarget?: string;
 }
 
-function targetIds(migrationId: string): { nbd: string; migration: string } {
-  return { nbd: `${migrationId}.${STREAM_NBD}`, migration: `${migrationId}.${STREAM_MIGRATION}` };
+function targetIds(migrationId: string): { nbd: string; migration: string; dedup: string } {
+  return { nbd: `${migrationId}.${STREAM_NBD}`, migration: `${migrationId}.${STREAM_MIGRATION}`, dedup: `${migrationId}.${STREAM_MIGRATION_DEDUP}` };
 }
+
+type DedupReport = NonNullable<MigrationRecord['dedup']>;
 
 /** A DestinationSite on the other end of the link. */
 class RemoteDestination implements DestinationSite {
   private readonly link: PeerLink;
   private readonly runDir: string;
-  private bridges: { nbd: BridgeListener; migration: BridgeListener } | undefined;
+  /** Set when the memory stream should go through the dedup transport (if the strategy allows). */
+  private readonly chunkStores: ChunkStores | undefined;
+  private bridges: { nbd: BridgeListener; migration: BridgeListener | undefined } | undefined;
   private readonly extraBridges: BridgeListener[] = [];
-  /** Bytes of bridges already closed (their counters are kept after close). */
+  /** The memory stream's bridge when it goes through dedup (kept after close: its counters stay). */
+  private dedupBridge: DedupBridge | undefined;
+  private dedupSkipped: string | undefined;
+  /** Bytes of plain bridges already closed (their counters are kept after close). */
   private closedBytes = { disk: 0, memory: 0 };
 
-  constructor(link: PeerLink, runDir: string) {
+  constructor(link: PeerLink, runDir: string, chunkStores?: ChunkStores) {
     this.link = link;
     this.runDir = runDir;
+    this.chunkStores = chunkStores;
   }
 
   plan(request: PlanRequest): Promise<PlanReply> {
@@ -87,9 +101,21 @@ class RemoteDestination implements DestinationSite {
     const short = request.migrationId.slice(0, 8);
     await mkdir(this.runDir, { recursive: true, mode: 0o700 });
     const nbd = await bridgeListener(this.link, join(this.runDir, `${short}-nbd.sock`), reply.nbdTarget);
-    const migration = await bridgeListener(this.link, join(this.runDir, `${short}-mig.sock`), reply.migrationTarget);
-    this.bridges = { nbd, migration };
-    return { nbdSocket: nbd.path, nbdExport: reply.nbdExport, migrationSocket: migration.path };
+    const migrationPath = join(this.runDir, `${short}-mig.sock`);
+    const stores = this.chunkStores;
+    if (stores !== undefined && !request.postcopy && reply.migrationDedupTarget !== undefined) {
+      const { name, memoryMiB } = request.spec;
+      this.bridges = { nbd, migration: undefined };
+      this.dedupBridge = await dedupBridgeListener(this.link, migrationPath, reply.migrationDedupTarget, { store: () => stores.get(name, memoryMiB) });
+    } else {
+      if (stores !== undefined) {
+        this.dedupSkipped = request.postcopy
+          ? 'post-copy: QEMU\'s return path (page requests from the destination) is not carried by the dedup transport'
+          : 'the destination does not offer it';
+      }
+      this.bridges = { nbd, migration: await bridgeListener(this.link, migrationPath, reply.migrationTarget) };
+    }
+    return { nbdSocket: nbd.path, nbdExport: reply.nbdExport, migrationSocket: migrationPath };
   }
 
   switchover(request: SwitchoverRequest): Promise<{ resumedAtMs: number }> {
@@ -117,8 +143,14 @@ class RemoteDestination implements DestinationSite {
     }
   }
 
-  /** Bytes that crossed the link per stream, counted by the bridges. */
+  /** Bytes that crossed the link per stream, counted by the bridges (through dedup: what it sent and got back). */
   wireBytes(): { disk: number; memory: number } {
+    const plain = this.plainBytes();
+    const dedup = this.dedupBridge?.stats;
+    return { disk: plain.disk, memory: plain.memory + (dedup ? dedup.wireOut + dedup.wireIn : 0) };
+  }
+
+  private plainBytes(): { disk: number; memory: number } {
     const count = (b: BridgeListener | undefined): number => (b ? b.stats.bytesIn + b.stats.bytesOut : 0);
     return {
       disk: this.closedBytes.disk + count(this.bridges?.nbd),
@@ -126,17 +158,33 @@ class RemoteDestination implements DestinationSite {
     };
   }
 
+  /** For the record, when dedup was asked for: used or why not, QEMU's raw bytes, and its failure if it failed. */
+  dedupReport(): DedupReport | undefined {
+    if (this.chunkStores === undefined) return undefined;
+    const plain = this.plainBytes().memory;
+    const stats = this.dedupBridge?.stats;
+    if (stats === undefined) return { used: false, ...(this.dedupSkipped ? { reason: this.dedupSkipped } : {}), rawBytes: plain };
+    return {
+      used: true,
+      rawBytes: stats.rawBytes + plain,
+      refBytes: stats.sender.refBytes,
+      needs: stats.sender.needs,
+      ...(stats.fault ? { failed: stats.fault.message } : {}),
+    };
+  }
+
   async closeBridges(): Promise<void> {
-    this.closedBytes = this.wireBytes();
+    this.closedBytes = this.plainBytes();
     const bridges = this.bridges;
     this.bridges = undefined;
     await bridges?.nbd.close();
-    await bridges?.migration.close();
+    await bridges?.migration?.close();
+    await this.dedupBridge?.close();
     for (const bridge of this.extraBridges.splice(0)) await bridge.close();
   }
 }
 
-export function toRecord(result: MigrationResult, from: SiteRole, to: SiteRole, streamBytes: Record<string, number>): MigrationRecord {
+export function toRecord(result: MigrationResult, from: SiteRole, to: SiteRole, streamBytes: Record<string, number>, dedup?: DedupReport): MigrationRecord {
   return {
     migrationId: result.migrationId,
     vm: result.vm,
@@ -151,6 +199,7 @@ export function toRecord(result: MigrationResult, from: SiteRole, to: SiteRole, 
     phaseMs: result.phasesMs,
     phaseBytes: result.bytes.perPhase,
     streamBytes,
+    ...(dedup === undefined ? {} : { dedup }),
     qemu: { ...result.qemu, snowbird: { strategyUsed: result.strategy.used, autoConverge: result.strategy.autoConverge, decisions: result.strategy.decisions, disk: result.disk } } as Record<string, unknown>,
   };
 }
@@ -190,9 +239,17 @@ export class MigrationService {
   private readonly cancels = new Map<string, { migrationId: string; controller: AbortController }>();
   private coreLink: (() => Promise<PeerLink>) | undefined;
   private stores: Promise<{ layers: LayerStore; images: ImageStore; destination: MigrationDestination }> | undefined;
+  /** Per-VM dedup chunk stores (`<data>/chunks/<vm>/`), used by either end of a memory stream. */
+  private readonly chunkStores: ChunkStores;
 
   constructor(deps: MigrationServiceDeps) {
     this.deps = deps;
+    this.chunkStores = new ChunkStores(join(deps.dataDir, 'chunks'), deps.log);
+  }
+
+  /** With the agent: writes the chunk stores' indexes. */
+  async close(): Promise<void> {
+    await this.chunkStores.close();
   }
 
   private get peerRole(): SiteRole {
@@ -263,8 +320,18 @@ export class MigrationService {
       const targets = targetIds(p.migrationId);
       link.exposeTarget(targets.nbd, reply.nbdSocket);
       link.exposeTarget(targets.migration, reply.migrationSocket);
-      this.deps.store.getState().setVm({ name: p.spec.name, location: 'moving', state: 'incoming' });
-      return { nbdTarget: targets.nbd, nbdExport: reply.nbdExport, migrationTarget: targets.migration } satisfies PrepareWireReply;
+      // Pre-copy's stream is one-way: the source may send it through dedup instead (its choice).
+      const { name, memoryMiB } = p.spec;
+      if (!p.postcopy) {
+        link.exposeHandler(targets.dedup, dedupStreamHandler(reply.migrationSocket, {
+          store: () => this.chunkStores.get(name, memoryMiB),
+          onDone: (result) => {
+            if ('error' in result) this.deps.log(`incoming dedup memory stream of ${name} (migration ${p.migrationId}) failed: ${result.error.message}`);
+          },
+        }));
+      }
+      this.deps.store.getState().setVm({ name, location: 'moving', state: 'incoming' });
+      return { nbdTarget: targets.nbd, nbdExport: reply.nbdExport, migrationTarget: targets.migration, ...(p.postcopy ? {} : { migrationDedupTarget: targets.dedup }) } satisfies PrepareWireReply;
     });
     handle('migration.switchover', async (p) => (await this.open()).destination.switchover(p));
     handle('migration.recover-postcopy', async (p) => {
@@ -287,7 +354,7 @@ export class MigrationService {
     handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm, p.migrationId));
     handle('vm.migrate-out', async (p) => {
       const options: MigrationOptions = { strategy: p.options.strategy, ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}), ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}) };
-      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress));
+      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? true);
     });
     // A link that drops before the guest resumed here leaves the VM at the source: tear down what
     // we prepared. After the resume the guest is ours, whatever the source heard.
@@ -351,6 +418,7 @@ export class MigrationService {
     const targets = targetIds(migrationId);
     link.unexposeTarget(targets.nbd);
     link.unexposeTarget(targets.migration);
+    link.unexposeTarget(targets.dedup);
   }
 
   /** A VM that arrived here: record its spec and runtime so this site's `vm` commands see it. */
@@ -405,6 +473,7 @@ export class MigrationService {
       ...(command.maxBandwidth ? { maxBandwidth: command.maxBandwidth } : {}),
       ...(command.downtimeLimitMs ? { downtimeLimitMs: command.downtimeLimitMs } : {}),
     };
+    const dedup = command.dedup ?? true;
     let switched = false;
     const publish = (p: MigrationProgress): void => {
       this.deps.store.getState().setProgress(p);
@@ -416,13 +485,13 @@ export class MigrationService {
     };
     let record: MigrationRecord;
     if (command.to === 'core') {
-      record = await this.migrateOut(command.vm, link, options, publish);
+      record = await this.migrateOut(command.vm, link, options, publish, dedup);
     } else {
       if (this.inFlight.has(command.vm)) throw new LocalApiError('busy', `VM "${command.vm}" is already moving`);
       this.inFlight.add(command.vm);
       this.onProgress = publish;
       try {
-        record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { strategy: options.strategy, ...(options.maxBandwidth ? { maxBandwidth: options.maxBandwidth } : {}), ...(options.downtimeLimitMs ? { downtimeLimitMs: options.downtimeLimitMs } : {}) } }, { timeoutMs: 0 });
+        record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { strategy: options.strategy, ...(options.maxBandwidth ? { maxBandwidth: options.maxBandwidth } : {}), ...(options.downtimeLimitMs ? { downtimeLimitMs: options.downtimeLimitMs } : {}), dedup } }, { timeoutMs: 0 });
       } finally {
         this.onProgress = undefined;
         this.inFlight.delete(command.vm);
@@ -454,7 +523,7 @@ export class MigrationService {
   }
 
   /** Runs the orchestrator for a VM that runs here, towards the peer on `link`. */
-  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void): Promise<MigrationRecord> {
+  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void, dedup = true): Promise<MigrationRecord> {
     if (this.inFlight.has(name)) throw new LocalApiError('busy', `VM "${name}" is already moving`);
     // Marked busy before the first await: a recovery or a second move cannot slip in between.
     this.inFlight.add(name);
@@ -469,7 +538,7 @@ export class MigrationService {
     const from = this.deps.role;
     const to = this.peerRole;
     const startedAt = new Date().toISOString();
-    const destination = new RemoteDestination(link, this.runDir);
+    const destination = new RemoteDestination(link, this.runDir, dedup ? this.chunkStores : undefined);
     let vm: VmHandle | undefined;
     try {
       const { layers } = await this.open();
@@ -489,12 +558,17 @@ export class MigrationService {
         onProgress: (p) => progress(toProgress(p, from, to)),
       });
       const wire = destination.wireBytes();
-      return toRecord(result, from, to, { [STREAM_NBD]: wire.disk, [STREAM_MIGRATION]: wire.memory });
+      return toRecord(result, from, to, { [STREAM_NBD]: wire.disk, [STREAM_MIGRATION]: wire.memory }, destination.dedupReport());
     } catch (error) {
       await destination.closeBridges();
       const failure = error instanceof MigrationError ? error : undefined;
       const wire = destination.wireBytes();
-      this.deps.log(`migration of ${name} ${from}→${to} failed: ${(error as Error).message}`);
+      const dedupReport = destination.dedupReport();
+      // The dedup transport broke the memory stream (the orchestrator saw QEMU's stream fail): say so, and how to do without.
+      const message = dedupReport?.failed === undefined
+        ? (error as Error).message
+        : `${(error as Error).message} The memory stream failed in the dedup transport (${dedupReport.failed}); \`snowbird migrate --no-dedup\` sends it plain.`;
+      this.deps.log(`migration of ${name} ${from}→${to} failed: ${message}`);
       return {
         migrationId,
         vm: name,
@@ -503,12 +577,13 @@ export class MigrationService {
         strategy: options.strategy,
         outcome: 'aborted',
         failedPhase: failure?.phase ?? MIGRATION_PHASES[0],
-        error: (error as Error).message,
+        error: message,
         startedAt,
         totalMs: Date.now() - Date.parse(startedAt),
         phaseMs: {},
         phaseBytes: {},
         streamBytes: { [STREAM_NBD]: wire.disk, [STREAM_MIGRATION]: wire.memory },
+        ...(dedupReport === undefined ? {} : { dedup: dedupReport }),
       };
     } finally {
       await vm?.detach().catch(() => undefined);

@@ -1,10 +1,10 @@
-// The edge agent's local API: what the CLI (and later the app) may ask. One command union, validated
+// The edge agent's local API: what the CLI and the app may ask. One command union, validated
 // on arrival; replies and progress come back tagged with the request id.
 import { z } from 'zod';
 import { safeId } from './vm-spec.ts';
 import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
 import { displayStatusSchema } from './display.ts';
-import { PLACEMENT_MODES, type InteractionSample, type PlacementDecision, type PlacementMode } from './placement.ts';
+import { PLACEMENT_MODES, interactionSampleSchema, type InteractionSample, type PlacementDecision, type PlacementMode } from './placement.ts';
 
 
 export const localCommandSchema = z.discriminatedUnion('cmd', [
@@ -23,6 +23,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
     /** Memory stream cap in bytes/s. */
     maxBandwidth: z.number().int().positive().optional(),
     downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
+    /** Send the memory stream through the dedup transport (pre-copy only). Default true; false = plain. */
+    dedup: z.boolean().optional(),
   }),
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
   z.object({ cmd: z.literal('cancel'), vm: safeId, /** Only this move (a late Ctrl-C must not cancel the next one). */ migrationId: z.string().max(64).optional() }),
@@ -35,6 +37,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
   z.object({ cmd: z.literal('samples'), vm: safeId, after: z.number().nonnegative(), limit: z.number().int().positive().max(10_000).optional() }),
   /** Placement decisions worth keeping (moves and changes of rule), newest first. */
   z.object({ cmd: z.literal('decisions'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
+  /** Where the edge agent serves the app in a browser: a loopback URL with the run's token. */
+  z.object({ cmd: z.literal('ui') }),
 ]);
 export type LocalCommand = z.infer<typeof localCommandSchema>;
 
@@ -89,7 +93,11 @@ export interface LocalReplies {
   placement: PlacementReply;
   samples: InteractionSample[];
   decisions: { vm: string; decision: PlacementDecision }[];
+  ui: UiReply;
 }
+
+export const uiReplySchema = z.object({ url: z.string() });
+export type UiReply = z.infer<typeof uiReplySchema>;
 
 export interface PlacementReply {
   vm: string;
@@ -108,3 +116,34 @@ export const localResponseSchema = z.union([
   z.object({ id: z.number().int(), ok: z.literal(false), error: localErrorSchema }),
 ]);
 export const localProgressSchema = z.object({ id: z.number().int(), progress: migrationProgressSchema });
+
+/**
+ * A request as it arrives on any transport (node-ipc, the app's WebSocket), checked against the
+ * command union: the command, or the error to send back under the request's id (-1 when the request
+ * itself is unreadable).
+ */
+export function parseLocalRequest(data: unknown): { id: number; command: LocalCommand } | { id: number; error: LocalError } {
+  const request = localRequestSchema.safeParse(data);
+  if (!request.success) return { id: -1, error: { code: 'malformed', message: 'request must be {id, command}' } };
+  const { id } = request.data;
+  const command = localCommandSchema.safeParse(request.data.command);
+  if (command.success) return { id, command: command.data };
+  const unknownCmd = (request.data.command as { cmd?: unknown } | null)?.cmd;
+  const known = localCommandSchema.options.map((o) => o.shape.cmd.value);
+  return {
+    id,
+    error: typeof unknownCmd === 'string' && !known.includes(unknownCmd as LocalCommand['cmd'])
+      ? { code: 'unknown-command', message: `unknown command "${unknownCmd}"; known: ${known.join(', ')}` }
+      : { code: 'invalid', message: z.prettifyError(command.error) },
+  };
+}
+
+/**
+ * What the edge agent pushes to the app over its WebSocket (`/api`), besides replies and progress:
+ * the agent's status whenever its store changes, and each VM's new interaction samples every second.
+ */
+export const uiPushSchema = z.discriminatedUnion('push', [
+  z.object({ push: z.literal('status'), status: agentStatusSchema }),
+  z.object({ push: z.literal('samples'), vm: z.string(), samples: z.array(interactionSampleSchema) }),
+]);
+export type UiPush = z.infer<typeof uiPushSchema>;

@@ -48,6 +48,26 @@ export const migrationRecordSchema = z.object({
   phaseBytes: z.partialRecord(z.enum(MIGRATION_PHASES), z.number().nonnegative()),
   /** Bytes on the link per bridged stream (migration, nbd, ...). */
   streamBytes: z.record(z.string(), z.number().nonnegative()),
+  /**
+   * The memory stream's dedup transport, when it was asked for (the default). `streamBytes.migration`
+   * is what crossed the link either way; `rawBytes` is what QEMU's migration stream carried.
+   */
+  dedup: z
+    .object({
+      /** The memory stream went through it (pre-copy only: post-copy's return path is not carried). */
+      used: z.boolean(),
+      /** Why it was not used. */
+      reason: z.string().optional(),
+      /** Bytes QEMU wrote to its migration stream (before dedup and compression). */
+      rawBytes: z.number().nonnegative(),
+      /** Of those, sent as references to chunks the destination already held. */
+      refBytes: z.number().nonnegative().optional(),
+      /** References the destination could not resolve from its store (missing or damaged), answered with the bytes. */
+      needs: z.number().nonnegative().optional(),
+      /** The dedup transport itself failed, which failed the move: `snowbird migrate --no-dedup` sends the stream plain. */
+      failed: z.string().optional(),
+    })
+    .optional(),
   /** QEMU's final query-migrate statistics, as reported. */
   qemu: z.record(z.string(), z.unknown()).optional(),
   /** Who asked for the move: the user, or the placement policy (a pin, or its own rules) with its reasons. */

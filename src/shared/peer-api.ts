@@ -19,6 +19,8 @@ export const migrationOptionsSchema = z.object({
   strategy: z.enum(MEMORY_STRATEGIES),
   maxBandwidth: z.number().int().positive().optional(),
   downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
+  /** The memory stream through the dedup transport (pre-copy only). Default true. */
+  dedup: z.boolean().optional(),
 });
 
 /** Max bytes of one image chunk (base64 in a JSON frame stays well under the frame limit). */

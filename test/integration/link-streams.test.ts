@@ -287,6 +287,61 @@ describe('streams', () => {
     await closesWithin(listener, 1000, 'stream after both sides finished');
   });
 
+  test('handler targets: each stream is handed to a function in process, whichever side opens; counted; a throwing handler closes the opener\'s stream', async () => {
+    const s = await sites();
+    // Answers with the digest of what it read, as digestSink does on a unix socket.
+    const digestHandler = (stream: Duplex) => {
+      stream.on('error', () => {});
+      const hash = createHash('sha256');
+      let bytes = 0;
+      stream.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      stream.on('end', () => stream.end(`${bytes} ${hash.digest('hex')}`));
+    };
+    const undoCore = s.core.exposeHandler('digest', digestHandler);
+    s.edge.exposeHandler('digest', digestHandler);
+    assert.deepEqual(s.core.exposedTargets(), ['digest']);
+
+    // Edge opens through a bridge (as the source QEMU would), then the core opens (the edge dials back).
+    const viaBridge = await bridge(s.edge, join(s.root, 'digest-bridge.sock'), 'digest');
+    const size = 8 * MiB;
+    const client = await connectUnix(viaBridge.path);
+    const [sent, got] = await Promise.all([writeRandom(client, size), readAll(client)]);
+    assert.equal(got.text, `${size} ${sent}`);
+    const fromCore = await s.core.openStream('digest');
+    const [sentBack, gotBack] = await Promise.all([writeRandom(fromCore, size), readAll(fromCore)]);
+    assert.equal(gotBack.text, `${size} ${sentBack}`);
+    await settled(s.core, 'digest');
+    await settled(s.edge, 'digest');
+    // One stream each way: each side got `size` bytes and a reply, and sent the same.
+    const both = size + got.text.length;
+    assert.deepEqual(s.core.streamStats().digest, { bytesIn: both, bytesOut: both, connections: 2, active: 0 });
+    assert.deepEqual(s.edge.streamStats().digest, { bytesIn: both, bytesOut: both, connections: 2, active: 0 });
+
+    // A handler that throws, or destroys its stream: the opener notices at once (as when a unix target closes).
+    s.core.exposeHandler('throws', () => {
+      throw new Error('handler bug');
+    });
+    s.core.exposeHandler('drops', (stream) => stream.destroy());
+    for (const target of ['throws', 'drops']) {
+      const stream = await s.edge.openStream(target);
+      stream.on('error', () => {});
+      stream.resume();
+      await noticesWithin(stream, 1000, `stream to the ${target} handler`);
+    }
+
+    // Undo: the target is gone; a unix target of the same name replaces a handler.
+    undoCore();
+    await assert.rejects(s.edge.openStream('digest'), (e: unknown) => e instanceof PeerRequestError && e.code === 'unknown-target');
+    s.core.exposeTarget('digest', (await unixTarget(join(s.root, 'digest-core.sock'), digestSink)).path);
+    const plain = await s.edge.openStream('digest');
+    plain.end('abc');
+    assert.match((await readAll(plain)).text, /^3 [0-9a-f]{64}$/);
+    assert.throws(() => s.core.exposeHandler('../escape', () => {}), TypeError);
+  });
+
   test('closing one end closes the other, whichever end and whichever side opened', async () => {
     const s = await sites();
     const atCore = await unixTarget(join(s.root, 'hold-core.sock'), () => {});

@@ -64,6 +64,25 @@ describe('dedup transfer', () => {
     for (const s of [receiverStore, senderStore]) await s.close();
   });
 
+  test('the sender stores what it sends as refs too: a VM that leaves a site it never sent from finds its chunks there on return', async () => {
+    const data = vmLikeData(mulberry32(3), 3 * MiB);
+    const receiverStore = await openStore();
+    const held = await storeChunks(receiverStore, data);
+    const senderStore = await openStore();
+    const result = await transfer(data, { receiver: { store: receiverStore }, sender: { store: senderStore } });
+    assert.ok(result.output.equals(data));
+    assert.equal(result.sender.literalChunks, 0, 'every chunk went as a ref');
+    await senderStore.flush();
+    assert.equal(new Set(senderStore.keys()).size, new Set(receiverStore.keys()).size);
+    assert.deepEqual(new Set(senderStore.keys()), new Set(receiverStore.keys()));
+    assert.ok(held > 0);
+    // Back the other way: everything goes as refs from the old sender's store.
+    const back = await transfer(data, { receiver: { store: senderStore, cacheBytes: 0 } });
+    assert.ok(back.output.equals(data));
+    assert.equal(back.sender.literalChunks, 0);
+    for (const s of [receiverStore, senderStore]) await s.close();
+  });
+
   const variants: [string, (rand: Rand, first: Buffer) => Buffer][] = [
     ['0% changed', (_r, first) => first],
     ['2% changed', (r, first) => mutateRuns(r, first, 0.02)],

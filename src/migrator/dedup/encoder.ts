@@ -38,8 +38,8 @@ export interface DedupSenderOptions {
   /** Compress literals. Default true. */
   compress?: boolean;
   /**
-   * This site's store for the VM: every chunk sent is also put there (best effort), so that when the VM
-   * comes back this side holds what it sent away.
+   * This site's store for the VM: every chunk sent, as a literal or as a ref, is also put there (best
+   * effort), so that when the VM comes back this side holds what it sent away, most recent first.
    */
   store?: ChunkStore;
 }
@@ -339,9 +339,13 @@ export class DedupSender {
     if (this.#known.has(key)) {
       this.#flushBatch();
       this.#push(encodeRef(hash, length));
-      const retained = this.#retained.get(key);
-      if (retained === undefined) this.#retained.set(key, { bytes: Uint8Array.from(chunk), count: 1 });
-      else retained.count += 1;
+      let retained = this.#retained.get(key);
+      if (retained === undefined) {
+        retained = { bytes: Uint8Array.from(chunk), count: 1 };
+        this.#retained.set(key, retained);
+      } else retained.count += 1;
+      // The receiver holds it; so should we, for the VM's way back (a chunk held already just gets recent).
+      if (this.#store !== undefined) void this.#store.put(key, retained.bytes);
       this.#unacked.push({ length, key });
       this.#stats.refChunks += 1;
       this.#stats.refBytes += length;

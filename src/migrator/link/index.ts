@@ -24,6 +24,7 @@ export {
   type PeerLinkEvents,
   type PeerLinkOptions,
   type RequestOptions,
+  type StreamHandler,
   type StreamOptions,
   type StreamTargetStats,
 } from './peer-link.ts';

@@ -120,6 +120,15 @@ interface AwaitedStream {
   reject: (error: Error) => void;
 }
 
+/**
+ * What serves a stream target: a local unix socket (connected per stream), or a function in this
+ * process that takes each stream as a duplex.
+ */
+type StreamTarget = { kind: 'unix'; path: string } | { kind: 'handler'; handler: StreamHandler };
+
+/** Serves one incoming stream of an exposed target (see PeerLink.exposeHandler). */
+export type StreamHandler = (stream: Duplex) => void;
+
 interface HandlerEntry {
   schema: z.ZodType;
   handler: (params: unknown, context: HandlerContext) => unknown;
@@ -149,7 +158,7 @@ export class PeerLink {
   readonly #handlers = new Map<string, HandlerEntry>();
   readonly #builtins = new Map<string, HandlerEntry>();
   readonly #pending = new Map<number, PendingRequest>();
-  readonly #targets = new Map<string, string>();
+  readonly #targets = new Map<string, StreamTarget>();
   readonly #stats = new Map<string, StreamTargetStats>();
   readonly #streamSockets = new Set<Socket>();
   readonly #awaitedStreams = new Map<string, AwaitedStream>();
@@ -325,13 +334,26 @@ export class PeerLink {
 
   /** Lets the peer open streams to `targetId`, served by the unix socket at `unixSocketPath`. Returns an undo function. */
   exposeTarget(targetId: string, unixSocketPath: string): () => void {
-    if (!NAME_PATTERN.test(targetId)) {
-      throw new TypeError(`stream target "${targetId.slice(0, 80)}" must be 1-128 letters, digits, ".", "_", ":" or "-" (no leading dot)`);
-    }
+    checkTargetName(targetId);
     if (!unixSocketPath.startsWith('/')) throw new TypeError(`stream target "${targetId}": the socket path must be absolute`);
-    this.#targets.set(targetId, unixSocketPath);
+    return this.#expose(targetId, { kind: 'unix', path: unixSocketPath });
+  }
+
+  /**
+   * Lets the peer open streams to `targetId`, each handed to `handler` as a duplex (bytes from the peer
+   * in, bytes to the peer out; counted in streamStats() like any stream) instead of joined to a unix
+   * socket. The handler owns the stream: give it an 'error' listener; destroying it closes the peer's
+   * end; ending it half-closes. If the handler throws, the stream is destroyed. Returns an undo function.
+   */
+  exposeHandler(targetId: string, handler: StreamHandler): () => void {
+    return this.#expose(targetId, { kind: 'handler', handler });
+  }
+
+  #expose(targetId: string, target: StreamTarget): () => void {
+    checkTargetName(targetId);
+    this.#targets.set(targetId, target);
     return () => {
-      if (this.#targets.get(targetId) === unixSocketPath) this.#targets.delete(targetId);
+      if (this.#targets.get(targetId) === target) this.#targets.delete(targetId);
     };
   }
 
@@ -389,26 +411,29 @@ export class PeerLink {
    */
   async acceptStream(socket: TLSSocket, decoder: FrameDecoder, stream: StreamHello): Promise<void> {
     if ('target' in stream) {
-      const path = this.#targets.get(stream.target);
-      if (path === undefined) {
+      const target = this.#targets.get(stream.target);
+      if (target === undefined) {
         refuse(socket, { code: 'unknown-target', message: `site ${this.local.name} exposes no stream target "${clip(stream.target)}"` });
         return;
       }
-      let unix: Socket;
-      try {
-        unix = await connectUnix(path);
-      } catch (error) {
-        refuse(socket, { code: 'target-unavailable', message: this.#unavailableText(stream.target, error) });
-        return;
+      let unix: Socket | undefined;
+      if (target.kind === 'unix') {
+        try {
+          unix = await connectUnix(target.path);
+        } catch (error) {
+          refuse(socket, { code: 'target-unavailable', message: this.#unavailableText(stream.target, error) });
+          return;
+        }
       }
       if (this.#closed || socket.destroyed) {
-        unix.destroy();
+        unix?.destroy();
         socket.destroy();
         return;
       }
       sendFrame(socket, { type: 'response', id: 0, ok: true, result: {} });
       handOverRemainder(socket, decoder);
-      this.#joinStream(stream.target, unix, socket);
+      if (unix !== undefined) this.#joinStream(stream.target, unix, socket);
+      else if (target.kind === 'handler') this.#handStream(stream.target, target.handler, socket);
       return;
     }
     const awaited = this.#awaitedStreams.get(stream.id);
@@ -476,29 +501,32 @@ export class PeerLink {
 
   /** Dialer side of the built-in `link.dial`: connect to our target, then call back with the stream id. */
   async #answerDial(params: z.output<typeof dialParamsSchema>): Promise<object> {
-    const path = this.#targets.get(params.target);
-    if (path === undefined) throw new LinkError('unknown-target', `site ${this.local.name} exposes no stream target "${clip(params.target)}"`);
-    let unix: Socket;
-    try {
-      unix = await connectUnix(path);
-    } catch (error) {
-      throw new LinkError('target-unavailable', this.#unavailableText(params.target, error));
+    const target = this.#targets.get(params.target);
+    if (target === undefined) throw new LinkError('unknown-target', `site ${this.local.name} exposes no stream target "${clip(params.target)}"`);
+    let unix: Socket | undefined;
+    if (target.kind === 'unix') {
+      try {
+        unix = await connectUnix(target.path);
+      } catch (error) {
+        throw new LinkError('target-unavailable', this.#unavailableText(params.target, error));
+      }
     }
     let socket: TLSSocket;
     try {
       if (this.#dialStream === undefined) throw new LinkError('internal', 'this side cannot dial');
       socket = await this.#dialStream({ link: this.id, id: params.id });
     } catch (error) {
-      unix.destroy();
+      unix?.destroy();
       throw error;
     }
     if (this.#closed) {
-      unix.destroy();
+      unix?.destroy();
       socket.destroy();
       throw new PeerDisconnectedError('link closed');
     }
     this.#adoptStream(params.target, socket);
-    this.#joinStream(params.target, unix, socket);
+    if (unix !== undefined) this.#joinStream(params.target, unix, socket);
+    else if (target.kind === 'handler') this.#handStream(params.target, target.handler, socket);
     return {};
   }
 
@@ -523,6 +551,25 @@ export class PeerLink {
       aToB: (n) => (stats.bytesOut += n),
       bToA: (n) => (stats.bytesIn += n),
     });
+  }
+
+  /** A stream for a handler target: the handler gets one end of a pair whose other end is joined to the socket. */
+  #handStream(targetId: string, handler: StreamHandler, socket: TLSSocket): void {
+    if (!this.#streamSockets.has(socket)) this.#adoptStream(targetId, socket);
+    const stats = this.#statsFor(targetId);
+    const [user, inner] = duplexPair({ allowHalfOpen: true });
+    splice(inner, socket, {
+      label: `stream ${targetId} with ${this.peer.name}`,
+      aToB: (n) => (stats.bytesOut += n),
+      bToA: (n) => (stats.bytesIn += n),
+      onError: (error) => user.destroy(error),
+    });
+    try {
+      handler(user);
+    } catch {
+      // The handler had no chance to listen for errors: just close, the peer sees its stream end abruptly.
+      user.destroy();
+    }
   }
 
   #statsFor(targetId: string): StreamTargetStats {
@@ -712,6 +759,12 @@ function errorBody(error: unknown): ErrorBody {
     code: typeof code === 'string' && ERROR_CODE_PATTERN.test(code) ? code : 'internal',
     message: message.length > 8000 ? `${message.slice(0, 8000)}…` : message,
   };
+}
+
+function checkTargetName(targetId: string): void {
+  if (!NAME_PATTERN.test(targetId)) {
+    throw new TypeError(`stream target "${targetId.slice(0, 80)}" must be 1-128 letters, digits, ".", "_", ":" or "-" (no leading dot)`);
+  }
 }
 
 function clip(text: string): string {

@@ -1,0 +1,53 @@
+// Past moves of the VM, newest first: when, which way, who asked (and why), how long, the guest's
+// pause, and what crossed the link.
+import { useUi } from '../hooks.ts';
+import { formatBytes, formatDateTime, formatMs, recordBytes, SITE_NAMES } from '../format.ts';
+
+export function HistoryTable({ vm }: { vm: string }) {
+  const records = useUi((s) => s.history[vm]);
+  return (
+    <section className="panel history">
+      <h2>Migration history</h2>
+      {records === undefined || records.length === 0 ? (
+        <p className="muted">No moves yet.</p>
+      ) : (
+        <table data-testid="history">
+          <thead>
+            <tr>
+              <th>started</th>
+              <th>move</th>
+              <th>by</th>
+              <th>outcome</th>
+              <th className="num">total</th>
+              <th className="num">downtime</th>
+              <th className="num">bytes</th>
+              <th>strategy</th>
+            </tr>
+          </thead>
+          <tbody>
+            {records.map((r) => (
+              <tr key={r.migrationId} data-to={r.to} data-outcome={r.outcome} className={r.outcome === 'committed' ? '' : 'failed'}>
+                <td className="nowrap">{formatDateTime(Date.parse(r.startedAt))}</td>
+                <td className="nowrap">
+                  {SITE_NAMES[r.from]} → {SITE_NAMES[r.to]}
+                </td>
+                <td title={r.trigger?.reasons.join('\n')}>
+                  {r.trigger?.by ?? 'user'}
+                  {r.trigger && r.trigger.reasons.length > 0 && <div className="reasons clip">{r.trigger.reasons[0]}</div>}
+                </td>
+                <td title={r.error}>
+                  {r.outcome === 'committed' ? 'moved' : `failed${r.failedPhase ? ` in ${r.failedPhase}` : ''}`}
+                  {r.error && <div className="reasons clip">{r.error}</div>}
+                </td>
+                <td className="num">{formatMs(r.totalMs)}</td>
+                <td className="num" data-testid="downtime">{r.downtimeMs === undefined ? '–' : formatMs(r.downtimeMs)}</td>
+                <td className="num" data-testid="bytes">{formatBytes(recordBytes(r))}</td>
+                <td>{r.strategy}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </section>
+  );
+}
