@@ -256,7 +256,7 @@ program
   .addOption(new Option('--strategy <strategy>', 'memory strategy: precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (short pre-copy, then post-copy)').choices(['precopy', 'hybrid', 'postcopy']))
   .option('--bandwidth <Mbit/s>', 'cap the memory stream', bandwidth)
   .option('--downtime <ms>', 'longest acceptable pause at switchover', positiveInt)
-  .option('--no-dedup', 'send the memory stream plain, not through the dedup transport (which pre-copy uses by default)')
+  .option('--dedup', 'pre-copy only: send the memory stream through the dedup transport (chunks the other site holds travel as references): far fewer bytes, more CPU; pays on slow links', false)
   .option('--json', 'print the migration record as JSON', false)
   .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; dedup: boolean; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
@@ -284,7 +284,7 @@ program
           ...(opts.strategy ? { strategy: opts.strategy } : {}),
           ...(opts.bandwidth ? { maxBandwidth: opts.bandwidth } : {}),
           ...(opts.downtime ? { downtimeLimitMs: opts.downtime } : {}),
-          ...(opts.dedup ? {} : { dedup: false }),
+          ...(opts.dedup ? { dedup: true } : {}),
         },
         (progress) => {
           // stdout carries the record (--json) or the summary; progress goes to stderr either way.

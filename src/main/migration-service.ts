@@ -354,7 +354,7 @@ export class MigrationService {
     handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm, p.migrationId));
     handle('vm.migrate-out', async (p) => {
       const options: MigrationOptions = { strategy: p.options.strategy, ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}), ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}) };
-      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? true);
+      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? false);
     });
     // A link that drops before the guest resumed here leaves the VM at the source: tear down what
     // we prepared. After the resume the guest is ours, whatever the source heard.
@@ -473,7 +473,7 @@ export class MigrationService {
       ...(command.maxBandwidth ? { maxBandwidth: command.maxBandwidth } : {}),
       ...(command.downtimeLimitMs ? { downtimeLimitMs: command.downtimeLimitMs } : {}),
     };
-    const dedup = command.dedup ?? true;
+    const dedup = command.dedup ?? false;
     let switched = false;
     const publish = (p: MigrationProgress): void => {
       this.deps.store.getState().setProgress(p);
@@ -567,7 +567,7 @@ export class MigrationService {
       // The dedup transport broke the memory stream (the orchestrator saw QEMU's stream fail): say so, and how to do without.
       const message = dedupReport?.failed === undefined
         ? (error as Error).message
-        : `${(error as Error).message} The memory stream failed in the dedup transport (${dedupReport.failed}); \`snowbird migrate --no-dedup\` sends it plain.`;
+        : `${(error as Error).message} The memory stream failed in the dedup transport (${dedupReport.failed}); \`snowbird migrate\` without \`--dedup\` sends it plain.`;
       this.deps.log(`migration of ${name} ${from}→${to} failed: ${message}`);
       return {
         migrationId,

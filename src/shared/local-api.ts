@@ -23,7 +23,7 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
     /** Memory stream cap in bytes/s. */
     maxBandwidth: z.number().int().positive().optional(),
     downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
-    /** Send the memory stream through the dedup transport (pre-copy only). Default true; false = plain. */
+    /** Send the memory stream through the dedup transport (pre-copy only). Default false (plain). */
     dedup: z.boolean().optional(),
   }),
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */

@@ -64,7 +64,7 @@ export const migrationRecordSchema = z.object({
       refBytes: z.number().nonnegative().optional(),
       /** References the destination could not resolve from its store (missing or damaged), answered with the bytes. */
       needs: z.number().nonnegative().optional(),
-      /** The dedup transport itself failed, which failed the move: `snowbird migrate --no-dedup` sends the stream plain. */
+      /** The dedup transport itself failed, which failed the move: without `--dedup` the stream goes plain. */
       failed: z.string().optional(),
     })
     .optional(),

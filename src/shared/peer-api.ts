@@ -19,7 +19,7 @@ export const migrationOptionsSchema = z.object({
   strategy: z.enum(MEMORY_STRATEGIES),
   maxBandwidth: z.number().int().positive().optional(),
   downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
-  /** The memory stream through the dedup transport (pre-copy only). Default true. */
+  /** The memory stream through the dedup transport (pre-copy only). Default false. */
   dedup: z.boolean().optional(),
 });
 

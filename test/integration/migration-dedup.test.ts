@@ -1,7 +1,7 @@
-// Two real site agents move the demo guest with its memory stream through the dedup transport (the
-// default for pre-copy): 10 round trips with the guest's memory and disk invariants checked after each
+// Two real site agents move the demo guest with its memory stream through the dedup transport
+// (`--dedup`, pre-copy only): 10 round trips with the guest's memory and disk invariants checked after each
 // move; a guest whose memory barely changed comes back sending a small fraction of its memory stream;
-// damaged chunk stores still give correct moves; `--no-dedup` and post-copy strategies go plain.
+// damaged chunk stores still give correct moves; without `--dedup`, and in post-copy, the stream goes plain.
 import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
@@ -58,7 +58,7 @@ async function qemuAlive(library: VmLibrary): Promise<boolean> {
   return pid !== undefined && (await isAlive(pid));
 }
 
-async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = ['--strategy', 'precopy']): Promise<MigrationRecord> {
+async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = ['--strategy', 'precopy', '--dedup']): Promise<MigrationRecord> {
   const r = await runCli(['--data', pair.edgeLibrary.dataDir, 'migrate', VM, '--to', to, '--json', ...extra]);
   if (r.code !== 0 && r.code !== 2) assert.fail(`migrate --to ${to} exited ${r.code}: ${r.stderr}\n${pair.edge.log.slice(-20).join('\n')}\n${pair.core.log.slice(-20).join('\n')}`);
   const record = JSON.parse(r.stdout) as MigrationRecord;
@@ -165,13 +165,13 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
     await assertHealthyAt(pair.edgeLibrary);
   });
 
-  test('--no-dedup sends the memory stream plain; post-copy strategies never use dedup', async (t: TestContext) => {
-    const plain = await migrate(pair, 'core', ['--strategy', 'precopy', '--no-dedup']);
+  test('without --dedup the memory stream goes plain; post-copy strategies never use dedup', async (t: TestContext) => {
+    const plain = await migrate(pair, 'core', ['--strategy', 'precopy']);
     assert.equal(plain.dedup, undefined);
-    t.diagnostic(`→ core --no-dedup: memory ${((plain.streamBytes['migration'] ?? 0) / MiB).toFixed(1)} MiB on the link`);
+    t.diagnostic(`→ core without --dedup: memory ${((plain.streamBytes['migration'] ?? 0) / MiB).toFixed(1)} MiB on the link`);
     await assertHealthyAt(pair.coreLibrary);
-    // Back with the default strategy towards the edge (hybrid: post-copy after one pass).
-    const hybrid = await migrate(pair, 'edge', []);
+    // Back with the default strategy towards the edge (hybrid: post-copy after one pass), dedup asked for.
+    const hybrid = await migrate(pair, 'edge', ['--dedup']);
     assert.equal(hybrid.strategy, 'hybrid');
     assert.equal(hybrid.dedup?.used, false);
     assert.match(hybrid.dedup?.reason ?? '', /post-copy/);
