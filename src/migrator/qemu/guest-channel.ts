@@ -31,6 +31,9 @@ export class GuestChannel extends EventEmitter<GuestChannelEvents> {
       this.emit('report', report);
     });
     socket.on('error', () => socket.destroy());
+    // readline re-emits its input's errors: a reset connection (QEMU exiting as the VM moves away)
+    // must end the channel like any close, not throw from an unhandled 'error' event.
+    lines.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.open = false;
       this.emit('close');
