@@ -17,8 +17,9 @@
  *
  * Commands (host -> guest), one per line:
  *   ping | mem start [MIB] | mem stop | disk start [BLOCKS] | disk stop |
- *   corrupt-mem | crunch SECONDS | poweroff
+ *   corrupt-mem | crunch SECONDS | crunch --work N | poweroff
  * Every command gets {"type":"ack","cmd":...,"ok":...,"detail":...};
+ * a crunch also says {"type":"crunch-done",...} when it ends (crunch.c);
  * ping is also answered with {"type":"pong","uptime_ms":N,"mem":S,"disk":S} (before its ack),
  * S = "running", "stopped" or why the workload last exited on its own.
  */
@@ -175,12 +176,16 @@ static int size_arg(const char *s, uint64_t def, uint64_t *out)
 	return sb_parse_u64(s, out) == 0 && *out > 0;
 }
 
-static void crunch(const char *secs)
+/* crunch SECONDS | crunch --work N: `crunch` on tty1, in the background, with
+ * the control channel as its --report-fd (it says crunch-done there). */
+static void crunch(const char *a1, const char *a2)
 {
 	char detail[128];
 	uint64_t n;
-	if (!secs || sb_parse_u64(secs, &n) != 0 || n == 0 || n > 86400) {
-		ack("crunch", 0, "usage: crunch SECONDS (1..86400)");
+	int fixed = a1 && strcmp(a1, "--work") == 0;
+	const char *num = fixed ? a2 : a1;
+	if (!num || (!fixed && a2) || sb_parse_u64(num, &n) != 0 || n == 0 || n > (fixed ? 1000000000000ull : 86400ull)) {
+		ack("crunch", 0, "usage: crunch SECONDS (1..86400) | crunch --work N (1..1000000000000)");
 		return;
 	}
 	/* It runs on the VGA console, where the user (over VNC) watches it. */
@@ -200,7 +205,13 @@ static void crunch(const char *secs)
 		if (nul >= 0)
 			dup2(nul, STDIN_FILENO);
 		signal(SIGCHLD, SIG_DFL);
-		execl("/bin/crunch", "crunch", secs, (char *)NULL);
+		char fd[16];
+		snprintf(fd, sizeof fd, "%d", ctl_fd);
+		fcntl(ctl_fd, F_SETFD, 0); /* crunch inherits the control channel */
+		if (fixed)
+			execl("/bin/crunch", "crunch", "--report-fd", fd, "--work", num, (char *)NULL);
+		else
+			execl("/bin/crunch", "crunch", "--report-fd", fd, num, (char *)NULL);
 		_exit(127);
 	}
 	close(tty);
@@ -209,7 +220,10 @@ static void crunch(const char *secs)
 		ack("crunch", 0, detail);
 		return;
 	}
-	snprintf(detail, sizeof detail, "pid %d, %llu s on tty1", (int)pid, (unsigned long long)n);
+	if (fixed)
+		snprintf(detail, sizeof detail, "pid %d, work %llu on tty1", (int)pid, (unsigned long long)n);
+	else
+		snprintf(detail, sizeof detail, "pid %d, %llu s on tty1", (int)pid, (unsigned long long)n);
 	ack("crunch", 1, detail);
 }
 
@@ -269,8 +283,8 @@ static void command(char *line)
 			snprintf(detail, sizeof detail, "SIGUSR1 sent to sbmem pid %d", (int)mem.pid);
 			ack("corrupt-mem", 1, detail);
 		}
-	} else if (strcmp(a0, "crunch") == 0 && argc <= 2) {
-		crunch(a1);
+	} else if (strcmp(a0, "crunch") == 0 && argc <= 3) {
+		crunch(a1, argv[2]);
 	} else if (strcmp(a0, "poweroff") == 0 && argc == 1) {
 		poweroff();
 	} else {

@@ -5,7 +5,7 @@
 // command is answered with an `ack` whose `cmd` is ackName(command), and `ping` also with a `pong`.
 //
 // The guest side is guest/src/sbctl.c (commands, ready, ack, pong), guest/src/sbmem.c and
-// guest/src/sbdisk.c (heartbeats, violations). Pure: no I/O, usable from any runtime.
+// guest/src/sbdisk.c (heartbeats, violations), guest/src/crunch.c (crunch-done). Pure: no I/O, usable from any runtime.
 import { z } from 'zod';
 
 const count = z.number().int().nonnegative();
@@ -85,6 +85,20 @@ export const GuestErrorSchema = z.object({
   detail: z.string(),
 });
 
+/**
+ * A crunch ended (written by crunch itself, through the control channel sbctl handed it). `pid` is the
+ * one in the crunch's ack; `work` the units asked for (0: a timed crunch); `elapsed_ms` is guest
+ * CLOCK_MONOTONIC time, which does not advance while the VM is paused (a migration's switchover).
+ */
+export const CrunchDoneSchema = z.object({
+  type: z.literal('crunch-done'),
+  uptime_ms: uptime,
+  pid: count,
+  work: count,
+  iterations: count,
+  elapsed_ms: count,
+});
+
 export const KnownGuestReportSchema = z.discriminatedUnion('type', [
   ReadyReportSchema,
   MemHeartbeatSchema,
@@ -94,6 +108,7 @@ export const KnownGuestReportSchema = z.discriminatedUnion('type', [
   AckSchema,
   PongSchema,
   GuestErrorSchema,
+  CrunchDoneSchema,
 ]);
 
 export type KnownGuestReport = z.infer<typeof KnownGuestReportSchema>;
@@ -105,6 +120,7 @@ export type DiskViolation = z.infer<typeof DiskViolationSchema>;
 export type GuestAck = z.infer<typeof AckSchema>;
 export type GuestPong = z.infer<typeof PongSchema>;
 export type GuestError = z.infer<typeof GuestErrorSchema>;
+export type CrunchDone = z.infer<typeof CrunchDoneSchema>;
 
 /** A line that is not a valid report: garbage, a line torn by a reconnect, or a newer guest's report. */
 export interface UnparsedGuestLine {
@@ -158,6 +174,8 @@ function parseObject(text: string): { ok: true; report: KnownGuestReport } | { o
 
 /** Largest crunch the guest accepts. */
 export const MAX_CRUNCH_SECONDS = 86_400;
+/** Largest fixed-work crunch the guest accepts, in units (one unit: 4096 rounds of a 64-bit mix, see guest/src/crunch.c). */
+export const MAX_CRUNCH_WORK = 1_000_000_000_000;
 
 export type GuestCommand =
   /** Answered with a pong, then an ack. */
@@ -171,8 +189,10 @@ export type GuestCommand =
   | { type: 'disk-stop' }
   /** Test hook: flips one byte in sbmem's buffer; a mem-violation must follow within a pass. */
   | { type: 'corrupt-mem' }
-  /** Runs `crunch SECONDS` on the VGA console (tty1), in the background. */
-  | { type: 'crunch'; seconds: number }
+  /** Runs `crunch SECONDS` on the VGA console (tty1), in the background; a `crunch-done` report follows when it ends. */
+  | { type: 'crunch'; seconds: number; work?: never }
+  /** Runs `crunch --work N` (a fixed amount of computation, however long it takes) likewise. */
+  | { type: 'crunch'; work: number; seconds?: never }
   /** Acked first; then the guest stops sbdisk, syncs and powers off (QEMU exits). */
   | { type: 'poweroff' };
 
@@ -205,7 +225,7 @@ export function formatGuestCommand(cmd: GuestCommand): string {
     case 'disk-start':
       return cmd.blocks === undefined ? 'disk start' : `disk start ${positiveInt('blocks', cmd.blocks)}`;
     case 'crunch':
-      return `crunch ${positiveInt('seconds', cmd.seconds, MAX_CRUNCH_SECONDS)}`;
+      return cmd.work === undefined ? `crunch ${positiveInt('seconds', cmd.seconds, MAX_CRUNCH_SECONDS)}` : `crunch --work ${positiveInt('work', cmd.work, MAX_CRUNCH_WORK)}`;
     case 'ping':
     case 'mem-stop':
     case 'disk-stop':

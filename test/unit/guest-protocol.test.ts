@@ -12,6 +12,7 @@ const samples = {
   ack: '{"type":"ack","cmd":"mem start","ok":true,"detail":"pid 93, sbmem 32"}',
   pong: '{"type":"pong","uptime_ms":7000}',
   error: '{"type":"error","source":"disk","detail":"/dev/vda: No such file or directory"}',
+  crunchDone: '{"type":"crunch-done","uptime_ms":90210,"pid":211,"work":40000,"iterations":40000,"elapsed_ms":61234}',
 };
 
 test('parses ready', () => {
@@ -43,6 +44,12 @@ test('parses ack, pong and error', () => {
   });
   assert.deepEqual(parseGuestLine(samples.pong), { type: 'pong', uptime_ms: 7000 });
   assert.deepEqual(parseGuestLine(samples.error), { type: 'error', source: 'disk', detail: '/dev/vda: No such file or directory' });
+});
+
+test('parses crunch-done, for timed and fixed-work crunches', () => {
+  assert.deepEqual(parseGuestLine(samples.crunchDone), { type: 'crunch-done', uptime_ms: 90210, pid: 211, work: 40000, iterations: 40000, elapsed_ms: 61234 });
+  assert.equal(parseGuestLine('{"type":"crunch-done","uptime_ms":5,"pid":9,"work":0,"iterations":1234,"elapsed_ms":3000}').type, 'crunch-done');
+  assert.equal(parseGuestLine('{"type":"crunch-done","uptime_ms":5,"pid":9,"work":0,"iterations":1234}').type, 'unparsed');
 });
 
 test('tolerates line endings, surrounding blanks and extra fields', () => {
@@ -104,6 +111,7 @@ test('formats every command as the guest reads it', () => {
     [{ type: 'disk-stop' }, 'disk stop'],
     [{ type: 'corrupt-mem' }, 'corrupt-mem'],
     [{ type: 'crunch', seconds: 30 }, 'crunch 30'],
+    [{ type: 'crunch', work: 40_000 }, 'crunch --work 40000'],
     [{ type: 'poweroff' }, 'poweroff'],
   ];
   for (const [cmd, line] of cases) {
@@ -116,6 +124,9 @@ test('rejects numbers the guest would refuse', () => {
   assert.throws(() => formatGuestCommand({ type: 'crunch', seconds: 0 }), RangeError);
   assert.throws(() => formatGuestCommand({ type: 'crunch', seconds: 1.5 }), RangeError);
   assert.throws(() => formatGuestCommand({ type: 'crunch', seconds: 86_401 }), RangeError);
+  assert.throws(() => formatGuestCommand({ type: 'crunch', work: 0 }), RangeError);
+  assert.throws(() => formatGuestCommand({ type: 'crunch', work: 2.5 }), RangeError);
+  assert.throws(() => formatGuestCommand({ type: 'crunch', work: 1e12 + 1 }), RangeError);
   assert.throws(() => formatGuestCommand({ type: 'mem-start', mib: -1 }), RangeError);
   assert.throws(() => formatGuestCommand({ type: 'disk-start', blocks: Number.NaN }), RangeError);
 });
@@ -123,6 +134,7 @@ test('rejects numbers the guest would refuse', () => {
 test('acks are matched to the command that caused them', () => {
   assert.equal(ackName({ type: 'mem-start', mib: 8 }), 'mem start');
   assert.equal(ackName({ type: 'crunch', seconds: 3 }), 'crunch');
+  assert.equal(ackName({ type: 'crunch', work: 3 }), 'crunch');
   const ack = parseGuestLine('{"type":"ack","cmd":"disk stop","ok":true,"detail":"stopped pid 90"}');
   assert.ok(isAckFor(ack, { type: 'disk-stop' }));
   assert.ok(!isAckFor(ack, { type: 'disk-start' }));

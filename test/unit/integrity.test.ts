@@ -64,6 +64,16 @@ test('two processes\' lines arriving out of uptime order are not a reboot', () =
   assert.equal(s.uptimeMs, 61000);
 });
 
+test('a crunch-done older than sbctl\'s latest line is its own writer, not a reboot', () => {
+  // crunch read the clock as it finished, then sbctl answered a ping before crunch's line went out.
+  const s = fold([
+    '{"type":"pong","uptime_ms":70000}',
+    '{"type":"crunch-done","uptime_ms":69990,"pid":211,"work":500,"iterations":500,"elapsed_ms":1000}',
+  ]);
+  assert.equal(s.rebooted, false);
+  assert.equal(s.uptimeMs, 70000);
+});
+
 test('garbage lines change nothing', () => {
   assert.deepEqual(fold(['', 'not json', '{"type":"mem-heartbeat"', '[1,2]']), emptyIntegrity());
 });

@@ -38,7 +38,7 @@ export function emptyIntegrity(): IntegritySummary {
 
 const MAX_ERRORS = 20;
 
-type GuestWriter = 'ctl' | 'mem' | 'disk';
+type GuestWriter = 'ctl' | 'mem' | 'disk' | 'crunch';
 
 /**
  * The guest process that wrote a report. Each writes its lines in order, but lines of different
@@ -49,6 +49,7 @@ type GuestWriter = 'ctl' | 'mem' | 'disk';
 function writerOf(type: GuestReport['type']): GuestWriter {
   if (type.startsWith('mem-')) return 'mem';
   if (type.startsWith('disk-')) return 'disk';
+  if (type.startsWith('crunch-')) return 'crunch';
   return 'ctl';
 }
 
