@@ -4,7 +4,7 @@
 import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, readdir, readFile, readlink } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
   carryDrmMaxima,
@@ -13,9 +13,12 @@ import {
   gpuBusyFromNvidia,
   parseDrmFdinfo,
   parseNvidiaSmiPmon,
+  parseCpuMax,
   parseProcIo,
   parseThreadStat,
   vcpuBusyFrom,
+  vcpuBusyUnderQuota,
+  vcpuCount,
   type DrmClient,
   type NvidiaPmonRow,
   type ProcIo,
@@ -45,6 +48,8 @@ export interface HostSensorReading {
 export interface ProcessSensorsOptions {
   /** Root of the proc filesystem (tests point it at recorded files). Default `/proc`. */
   procRoot?: string;
+  /** Where cgroup v2 is mounted (tests point it at fixtures). Default /sys/fs/cgroup. */
+  cgroupRoot?: string;
   /** nvidia-smi to run (a name looked up on PATH, or a path), or false to never run it. Default `nvidia-smi`. */
   nvidiaSmi?: string | false;
   /** Run nvidia-smi at most this often (it samples for about a second each time). Default 2000 ms. */
@@ -89,7 +94,8 @@ export class ProcessSensors {
   gpuSourceReason = 'not read yet';
 
   private readonly procDir: string;
-  private readonly opts: Required<Omit<ProcessSensorsOptions, 'log' | 'procRoot'>> & Pick<ProcessSensorsOptions, 'log'>;
+  private readonly opts: Required<Omit<ProcessSensorsOptions, 'log' | 'procRoot' | 'cgroupRoot'>> & Pick<ProcessSensorsOptions, 'log'>;
+  private readonly cgroupRoot: string;
   private previous: Snapshot | undefined;
   private readonly logged = new Set<string>();
   private nvidiaPath: string | null | undefined; // undefined: not looked up yet; null: none
@@ -103,6 +109,7 @@ export class ProcessSensors {
     if (!Number.isInteger(pid) || pid <= 0) throw new RangeError(`not a pid: ${pid}`);
     this.pid = pid;
     this.procDir = join(options.procRoot ?? '/proc', String(pid));
+    this.cgroupRoot = options.cgroupRoot ?? '/sys/fs/cgroup';
     this.opts = {
       nvidiaSmi: options.nvidiaSmi ?? 'nvidia-smi',
       nvidiaIntervalMs: options.nvidiaIntervalMs ?? 2_000,
@@ -118,12 +125,13 @@ export class ProcessSensors {
   async read(): Promise<HostSensorReading> {
     const at = Date.now();
     const atMono = this.opts.monotonicMs();
-    const [threads, io, drmScan] = await Promise.all([this.readThreads(), this.readIo(), this.readDrm()]);
+    const [threads, io, drmScan, allowedCores] = await Promise.all([this.readThreads(), this.readIo(), this.readDrm(), this.readCpuQuota()]);
     const next: Snapshot = { atMono, threads, io, drm: drmScan?.clients };
     const prev = this.previous;
     const elapsedMs = prev ? atMono - prev.atMono : 0;
 
-    const vcpuBusy = prev?.threads && threads ? vcpuBusyFrom(prev.threads, threads, elapsedMs, this.opts.ticksPerS) : null;
+    const busy = prev?.threads && threads ? vcpuBusyFrom(prev.threads, threads, elapsedMs, this.opts.ticksPerS) : null;
+    const vcpuBusy = busy === null || threads === undefined ? null : vcpuBusyUnderQuota(busy, vcpuCount(threads), allowedCores);
     const diskBytesPerS = prev?.io && io ? diskBytesPerSFrom(prev.io, io, elapsedMs) : null;
     const gpuBusy = await this.gpu(prev, next, drmScan, elapsedMs);
 
@@ -281,6 +289,23 @@ export class ProcessSensors {
       }),
     );
     return threads;
+  }
+
+  /**
+   * The cores the process's cgroup v2 allows (the tightest `cpu.max` from its group up to the root),
+   * or null when none limits it or cgroups cannot be read.
+   */
+  private async readCpuQuota(): Promise<number | null> {
+    const text = await readFile(join(this.procDir, 'cgroup'), 'utf8').catch(() => undefined);
+    const path = text?.split('\n').find((line) => line.startsWith('0::'))?.slice(3).trim();
+    if (path === undefined) return null;
+    let allowed: number | null = null;
+    for (let dir = path; dir !== '/' && dir !== ''; dir = dirname(dir)) {
+      const max = await readFile(join(this.cgroupRoot, dir, 'cpu.max'), 'utf8').catch(() => undefined);
+      const cores = max === undefined ? null : parseCpuMax(max);
+      if (cores !== null) allowed = allowed === null ? cores : Math.min(allowed, cores);
+    }
+    return allowed;
   }
 
   private async readIo(): Promise<ProcIo | undefined> {

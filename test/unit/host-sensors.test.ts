@@ -15,11 +15,14 @@ import {
   gpuBusyFromDrm,
   gpuBusyFromNvidia,
   isVcpuThread,
+  parseCpuMax,
   parseDrmFdinfo,
   parseNvidiaSmiPmon,
   parseProcIo,
   parseThreadStat,
   vcpuBusyFrom,
+  vcpuBusyUnderQuota,
+  vcpuCount,
   type DrmClient,
   type ProcIo,
   type ThreadStat,
@@ -359,5 +362,33 @@ describe('ProcessSensors', () => {
     const r = await sensors.read();
     assert.deepEqual({ ...r, at: 0 }, { at: 0, gpuBusy: null, vcpuBusy: null, diskBytesPerS: null, netBytesPerS: null });
     assert.equal(sensors.gpuSource, 'unavailable');
+  });
+});
+
+describe('vCPUs under a cgroup CPU quota', () => {
+  test('cpu.max: "QUOTA PERIOD" is QUOTA/PERIOD cores; "max" or garbage is no limit', () => {
+    assert.equal(parseCpuMax('25000 100000\n'), 0.25);
+    assert.equal(parseCpuMax('150000 100000'), 1.5);
+    assert.equal(parseCpuMax('max 100000\n'), null);
+    assert.equal(parseCpuMax(''), null);
+    assert.equal(parseCpuMax('lots 100000'), null);
+  });
+
+  test('a VM capped at a quarter of a core that uses all of it is fully busy, not a quarter busy', () => {
+    assert.equal(vcpuBusyUnderQuota(0.24, 1, 0.25), 0.96);
+    assert.equal(vcpuBusyUnderQuota(0.3, 1, 0.25), 1, 'capped at the vCPU count');
+    assert.equal(vcpuBusyUnderQuota(0.5, 2, 1), 1, 'two vCPUs sharing one core: half of each');
+    assert.equal(vcpuBusyUnderQuota(0.24, 1, null), 0.24, 'no quota: unchanged');
+    assert.equal(vcpuBusyUnderQuota(0.24, 1, 2), 0.24, 'a quota above the vCPU count changes nothing');
+  });
+
+  test('vcpuCount counts QEMU\'s vCPU threads only', () => {
+    const threads = new Map([
+      [1, { comm: 'qemu-system-x86', utimeTicks: 0, stimeTicks: 0 }],
+      [2, { comm: 'CPU 0/TCG', utimeTicks: 0, stimeTicks: 0 }],
+      [3, { comm: 'CPU 1/TCG', utimeTicks: 0, stimeTicks: 0 }],
+      [4, { comm: 'worker', utimeTicks: 0, stimeTicks: 0 }],
+    ]);
+    assert.equal(vcpuCount(threads), 2);
   });
 });

@@ -330,6 +330,35 @@ export function vcpuBusyFrom(
   return Math.min(vcpus, busy);
 }
 
+/**
+ * The CPU a cgroup v2 `cpu.max` allows, in cores ("QUOTA PERIOD" → QUOTA/PERIOD); null for "max"
+ * (no limit) or an unreadable line.
+ */
+export function parseCpuMax(text: string): number | null {
+  const [quota, period] = text.trim().split(/\s+/);
+  if (quota === undefined || quota === 'max') return null;
+  const q = Number(quota);
+  const p = Number(period ?? 100_000);
+  return Number.isFinite(q) && Number.isFinite(p) && q > 0 && p > 0 ? q / p : null;
+}
+
+/**
+ * Busy vCPUs against what the VM may use: a QEMU whose cgroup allows fewer cores than it has vCPUs
+ * can never show more busy time than the quota, yet at the quota it is as busy as it can be. So
+ * busy time is scaled by vcpus / allowed cores (capped at vcpus); without a quota it is unchanged.
+ */
+export function vcpuBusyUnderQuota(busy: number, vcpus: number, allowedCores: number | null): number {
+  if (allowedCores === null || allowedCores >= vcpus || vcpus <= 0) return busy;
+  return Math.min(vcpus, (busy * vcpus) / allowedCores);
+}
+
+/** The vCPU threads among a process's threads. */
+export function vcpuCount(threads: ReadonlyMap<number, ThreadStat>): number {
+  let n = 0;
+  for (const t of threads.values()) if (isVcpuThread(t.comm)) n += 1;
+  return n;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Disk through /proc/PID/io
 // ---------------------------------------------------------------------------------------------
