@@ -1,6 +1,7 @@
 // Plain-text formatting for the CLI.
 import type { IntegritySummary } from '../migrator/qemu/common/integrity.ts';
 import type { MigrationProgress, MigrationRecord } from '../shared/migration.ts';
+import { formatBytes } from '../shared/format.ts';
 
 export function formatTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -19,17 +20,6 @@ export function formatIntegrity(integrity: IntegritySummary): string[] {
   ];
 }
 
-const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-
-export function formatBytes(bytes: number): string {
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < UNITS.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
-}
 
 export function formatMs(ms: number): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;

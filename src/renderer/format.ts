@@ -1,17 +1,6 @@
-// Figures as people read them (the CLI has its own, src/main/format.ts, which the browser cannot import).
+// Figures as people read them in the app (bytes: src/shared/format.ts, shared with the CLI).
 import type { MigrationRecord } from '../shared/migration.ts';
 
-const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-
-export function formatBytes(bytes: number): string {
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < UNITS.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
-}
 
 export function formatMs(ms: number): string {
   if (ms < 1000) return `${Math.round(ms)} ms`;

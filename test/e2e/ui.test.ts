@@ -17,7 +17,6 @@ import { REPO_ROOT, runCli, waitForHeartbeats } from '../support/fixtures.ts';
 import { canvasSnapshot, serialLog, waitUntil } from '../support/display.ts';
 import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import type { VmPaths } from '../../src/migrator/qemu/common/spec.ts';
-import type { GuestCommand } from '../../src/shared/guest-protocol.ts';
 import { agentStatusSchema, localResponseSchema, uiPushSchema } from '../../src/shared/local-api.ts';
 
 const RESULTS = join(REPO_ROOT, 'test-results');
@@ -41,17 +40,6 @@ async function bootVm(pair: AgentPair, vm: string): Promise<void> {
   const channel = await GuestChannel.connect(vm, pair.edgeLibrary.paths(vm).control, { retryUntilMs: 10_000 });
   try {
     await waitForHeartbeats(channel, 1, 90_000);
-  } finally {
-    channel.close();
-  }
-}
-
-async function guestCommand(paths: VmPaths, vm: string, command: GuestCommand): Promise<void> {
-  const channel = await GuestChannel.connect(vm, paths.control, { retryUntilMs: 10_000 });
-  try {
-    const ack = channel.waitFor((r) => r.type === 'ack', { timeoutMs: 30_000, what: `ack of ${command.type}` });
-    channel.send(command);
-    await ack;
   } finally {
     channel.close();
   }
@@ -303,8 +291,8 @@ describe('the app in auto mode: a crunch goes to the cloud, and the decision log
     pair = await AgentPair.start({ autoPlacement: true });
     await bootVm(pair, AUTO_VM);
     // A quiet guest: its integrity workloads would read as a crunch of their own.
-    await guestCommand(pair.edgeLibrary.paths(AUTO_VM), AUTO_VM, { type: 'mem-stop' });
-    await guestCommand(pair.edgeLibrary.paths(AUTO_VM), AUTO_VM, { type: 'disk-stop' });
+    await pair.guestCommand(AUTO_VM, { type: 'mem-stop' });
+    await pair.guestCommand(AUTO_VM, { type: 'disk-stop' });
     browser = await launchChromium();
   });
 
@@ -326,7 +314,7 @@ describe('the app in auto mode: a crunch goes to the cloud, and the decision log
     await page.getByTestId('bring-back').click();
     await waitUntil('the badge to say edge', async () => (await attr(page, 'location', 'data-location')) === 'edge', 5 * 60_000, 200);
 
-    await guestCommand(pair.edgeLibrary.paths(AUTO_VM), AUTO_VM, { type: 'crunch', seconds: 180 });
+    await pair.guestCommand(AUTO_VM, { type: 'crunch', seconds: 180 });
     try {
       await waitUntil('the policy to move the crunching VM to the cloud', async () => (await attr(page, 'location', 'data-location')) === 'core', 240_000, 500);
     } catch (error) {

@@ -12,7 +12,6 @@ import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import type { VmLibrary } from '../../src/main/vm-library.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
-import { isAckFor, type GuestCommand } from '../../src/shared/guest-protocol.ts';
 
 const VM = 'dd';
 const MiB = 1024 * 1024;
@@ -37,17 +36,6 @@ async function assertHealthyAt(library: VmLibrary, options: { memory?: boolean }
     assert.equal(integrity.disk.violations, 0, `disk violations: ${integrity.disk.lastViolation}`);
     assert.ok(integrity.uptimeMs > lastUptimeMs, `guest uptime went from ${lastUptimeMs} to ${integrity.uptimeMs} ms: it restarted`);
     lastUptimeMs = integrity.uptimeMs;
-  } finally {
-    channel.close();
-  }
-}
-
-async function guestCommand(library: VmLibrary, command: GuestCommand): Promise<void> {
-  const channel = await GuestChannel.connect(VM, library.paths(VM).control);
-  try {
-    const ack = channel.waitFor((r) => isAckFor(r, command), { timeoutMs: 20_000, what: `the ack of ${command.type}` });
-    channel.send(command);
-    await ack;
   } finally {
     channel.close();
   }
@@ -128,7 +116,7 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
   test('a guest whose memory barely changed comes back sending a small fraction of its memory stream', async (t: TestContext) => {
     // sbmem rewrites its 32 MiB all the time; stopped, what changes while away is the disk workload's
     // page cache and the kernel's own bookkeeping.
-    await guestCommand(pair.edgeLibrary, { type: 'mem-stop' });
+    await pair.guestCommand(VM, { type: 'mem-stop' });
     const out = await migrate(pair, 'core');
     assertDeduped(out);
     t.diagnostic(describeMove('→ core, memory stable', out));
@@ -145,7 +133,7 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
     // and the device state; measured well under 10 % here, so 25 % fails only if references stop working.
     assert.ok(wire < 0.25 * raw, `the way back sent ${wire} bytes on the link for ${raw} raw`);
     assert.ok((back.dedup?.refBytes ?? 0) > 0.5 * raw, `only ${back.dedup?.refBytes} of ${raw} raw bytes went as references`);
-    await guestCommand(pair.edgeLibrary, { type: 'mem-start' });
+    await pair.guestCommand(VM, { type: 'mem-start' });
     await assertHealthyAt(pair.edgeLibrary);
   });
 

@@ -6,7 +6,6 @@ import assert from 'node:assert/strict';
 import { AgentPair } from '../support/agents.ts';
 import { runCli } from '../support/fixtures.ts';
 import { RfbTestViewer, typeViaRfb, waitUntil } from '../support/display.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import type { GuestCommand } from '../../src/shared/guest-protocol.ts';
 import { displayReplySchema, type PlacementReply } from '../../src/shared/local-api.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
@@ -27,17 +26,8 @@ describe('automatic placement follows the work', { timeout: 20 * 60_000 }, () =>
   };
   const where = async (): Promise<string | undefined> => (await cli<{ vms: { name: string; location: string }[] }>(['status'])).vms.find((v) => v.name === VM)?.location;
   const guest = async (site: 'edge' | 'core', command: GuestCommand): Promise<void> => {
-    const p = pair;
-    assert.ok(p !== undefined);
-    const library = site === 'edge' ? p.edgeLibrary : p.coreLibrary;
-    const channel = await GuestChannel.connect(VM, library.paths(VM).control, { retryUntilMs: 10_000 });
-    try {
-      const ack = channel.waitFor((r) => r.type === 'ack', { timeoutMs: 30_000, what: `ack of ${command.type}` });
-      channel.send(command);
-      await ack;
-    } finally {
-      channel.close();
-    }
+    assert.ok(pair !== undefined);
+    await pair.guestCommand(VM, command, site);
   };
   /** Types for `ms`, a few keys a second, as a user at the keyboard (the shell gets harmless spaces, then a clear line). */
   const typeFor = async (ms: number): Promise<void> => {

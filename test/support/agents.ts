@@ -9,6 +9,7 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { REPO_ROOT, demoGuest, runCli, waitForHeartbeats } from './fixtures.ts';
 import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+import { isAckFor, type GuestCommand } from '../../src/shared/guest-protocol.ts';
 import { VmLibrary } from '../../src/main/vm-library.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { LocalApiClient } from '../../src/main/local-api/client.ts';
@@ -142,6 +143,20 @@ export class AgentPair {
     const channel = await GuestChannel.connect(vm, library.paths(vm).control, { retryUntilMs: 10_000 });
     try {
       await waitForHeartbeats(channel, 1, timeoutMs);
+    } finally {
+      channel.close();
+    }
+  }
+
+  /** Sends the guest agent at `site` a command and waits for its ack (a refusal is an error). */
+  async guestCommand(vm: string, command: GuestCommand, site: 'edge' | 'core' = 'edge'): Promise<void> {
+    const library = site === 'edge' ? this.edgeLibrary : this.coreLibrary;
+    const channel = await GuestChannel.connect(vm, library.paths(vm).control, { retryUntilMs: 10_000 });
+    try {
+      const ack = channel.waitFor((r) => isAckFor(r, command), { timeoutMs: 30_000, what: `the ack of ${command.type}` });
+      channel.send(command);
+      const reply = await ack;
+      if (reply.type === 'ack' && !reply.ok) throw new Error(`the guest refused ${command.type}: ${reply.detail ?? ''}`);
     } finally {
       channel.close();
     }

@@ -1,7 +1,8 @@
 // Past moves of the VM, newest first: when, which way, who asked (and why), how long, the guest's
 // pause, and what crossed the link.
 import { useUi } from '../hooks.ts';
-import { formatBytes, formatDateTime, formatMs, recordBytes, SITE_NAMES } from '../format.ts';
+import { formatDateTime, formatMs, recordBytes, SITE_NAMES } from '../format.ts';
+import { formatBytes } from '../../shared/format.ts';
 
 export function HistoryTable({ vm }: { vm: string }) {
   const records = useUi((s) => s.history[vm]);

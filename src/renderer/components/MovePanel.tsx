@@ -2,7 +2,8 @@
 // (the user's or the policy's), its progress with a Cancel button.
 import { useController, useUi } from '../hooks.ts';
 import { locationOf, progressOf } from '../state.ts';
-import { formatBytes, formatMs, SITE_NAMES } from '../format.ts';
+import { formatMs, SITE_NAMES } from '../format.ts';
+import { formatBytes } from '../../shared/format.ts';
 import { MIGRATION_PHASES, type MigrationProgress } from '../../shared/migration.ts';
 
 const BADGE_TEXT = { edge: 'On the laptop', core: 'In the cloud', moving: 'Moving', stopped: 'Stopped' } as const;
