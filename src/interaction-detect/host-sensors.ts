@@ -292,17 +292,23 @@ export class ProcessSensors {
   }
 
   /**
-   * The cores the process's cgroup v2 allows (the tightest `cpu.max` from its group up to the root),
-   * or null when none limits it or cgroups cannot be read.
+   * The cores the process's cgroups allow (the tightest limit from its group up to the root), or
+   * null when none limits it or cgroups cannot be read. cgroup v2: `cpu.max`; v1 (hybrid hosts):
+   * `cpu.cfs_quota_us` / `cpu.cfs_period_us` under the cpu controller's mount.
    */
   private async readCpuQuota(): Promise<number | null> {
     const text = await readFile(join(this.procDir, 'cgroup'), 'utf8').catch(() => undefined);
-    const path = text?.split('\n').find((line) => line.startsWith('0::'))?.slice(3).trim();
+    const lines = text?.split('\n') ?? [];
+    const v1 = lines.map((line) => /^\d+:([^:]*):(.*)$/.exec(line)).find((m) => m?.[1]?.split(',').includes('cpu'));
+    const v2 = lines.find((line) => line.startsWith('0::'))?.slice(3).trim();
+    const [mount, path, read] =
+      v1?.[2] !== undefined
+        ? [join(this.cgroupRoot, 'cpu'), v1[2], (dir: string) => readCpuCfs(dir)]
+        : [this.cgroupRoot, v2, async (dir: string) => parseCpuMax(await readFile(join(dir, 'cpu.max'), 'utf8'))];
     if (path === undefined) return null;
     let allowed: number | null = null;
     for (let dir = path; dir !== '/' && dir !== ''; dir = dirname(dir)) {
-      const max = await readFile(join(this.cgroupRoot, dir, 'cpu.max'), 'utf8').catch(() => undefined);
-      const cores = max === undefined ? null : parseCpuMax(max);
+      const cores = await read(join(mount, dir)).catch(() => null);
       if (cores !== null) allowed = allowed === null ? cores : Math.min(allowed, cores);
     }
     return allowed;
@@ -328,4 +334,10 @@ export class ProcessSensors {
 function errorText(err: unknown): string {
   if (err && typeof err === 'object' && 'code' in err && typeof err.code === 'string') return err.code;
   return err instanceof Error ? err.message : String(err);
+}
+
+/** cgroup v1's CPU limit in cores: cfs_quota_us / cfs_period_us; null when the quota is -1 (none). */
+async function readCpuCfs(dir: string): Promise<number | null> {
+  const [quota, period] = await Promise.all([readFile(join(dir, 'cpu.cfs_quota_us'), 'utf8'), readFile(join(dir, 'cpu.cfs_period_us'), 'utf8')]);
+  return parseCpuMax(`${quota.trim() === '-1' ? 'max' : quota.trim()} ${period.trim()}`);
 }

@@ -284,6 +284,33 @@ describe('ProcessSensors', () => {
     assert.match(sensors.gpuSourceReason, /i915/);
   });
 
+  for (const version of ['v1', 'v2'] as const) {
+    test(`a QEMU held to a quarter of a core by a cgroup ${version} quota reads as fully busy when it uses all of it`, async () => {
+      const pid = 3131;
+      const { root, put } = await fakeProc(pid);
+      const cgroups = join(root, 'cgroup-fs');
+      if (version === 'v1') {
+        await put('cgroup', '4:memory:/\n1:cpu:/snowbird-vm-edge\n0::/\n');
+        await mkdir(join(cgroups, 'cpu', 'snowbird-vm-edge'), { recursive: true });
+        await writeFile(join(cgroups, 'cpu', 'snowbird-vm-edge', 'cpu.cfs_quota_us'), '25000\n');
+        await writeFile(join(cgroups, 'cpu', 'snowbird-vm-edge', 'cpu.cfs_period_us'), '100000\n');
+      } else {
+        await put('cgroup', '0::/outer/snowbird-vm\n');
+        await mkdir(join(cgroups, 'outer', 'snowbird-vm'), { recursive: true });
+        await writeFile(join(cgroups, 'outer', 'cpu.max'), 'max 100000\n');
+        await writeFile(join(cgroups, 'outer', 'snowbird-vm', 'cpu.max'), '25000 100000\n');
+      }
+      const stat = (utime: number): string => `${pid + 1} (CPU 0/TCG) S 1 1 1 0 -1 0 0 0 0 0 ${utime} 0 0 0 20 0 1 0 0 0 0`;
+      let clock = 0;
+      const sensors = new ProcessSensors(pid, { procRoot: root, cgroupRoot: cgroups, nvidiaSmi: false, monotonicMs: () => clock });
+      await put(`task/${pid + 1}/stat`, stat(100));
+      await sensors.read();
+      await put(`task/${pid + 1}/stat`, stat(106)); // 6 ticks of 10 ms in 250 ms: 0.24 of a core
+      clock += 250;
+      close((await sensors.read()).vcpuBusy, 0.96);
+    });
+  }
+
   test('a /dev/dri fd whose driver keeps no statistics, and no nvidia-smi: unavailable, with the reason', async () => {
     const pid = 4242;
     const { root, put } = await fakeProc(pid);
