@@ -26,7 +26,8 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { parseBenchOptions, usageError as benchUsageError } from './support/options.ts';
 import { Cleanup } from './support/cleanup.ts';
 import { nowMs, pressKey, RfbProbe, typeText, XK } from './support/rfb-probe.ts';
 import { REPO_ROOT, runCli, SnowbirdSites } from './support/snowbird.ts';
@@ -43,10 +44,7 @@ const WIDE_LOOP = `while :; do echo${' $RANDOM'.repeat(12)}; usleep 20000; done`
 /** For the moves: one number per line (the screen changes at the same pace, with a tenth of the pixels). */
 const NARROW_LOOP = 'while :; do echo $RANDOM; usleep 20000; done';
 
-function usageError(message: string): never {
-  process.stderr.write(`bench:display: ${message} (see --help)\n`);
-  process.exit(2);
-}
+const usageError: (message: string) => never = (message) => benchUsageError('bench:display', message);
 
 const OPTIONS = {
   samples: { type: 'string', default: '40' },
@@ -63,15 +61,7 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
-function parseOptions() {
-  try {
-    return parseArgs({ options: OPTIONS }).values;
-  } catch (error) {
-    return usageError((error as Error).message);
-  }
-}
-
-const opts = parseOptions();
+const opts = parseBenchOptions('bench:display', OPTIONS);
 
 if (opts.help) {
   process.stdout.write(`usage: node bench/display.ts [options]

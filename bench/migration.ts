@@ -14,7 +14,8 @@
 import { execFile } from 'node:child_process';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { parseBenchOptions, usageError as benchUsageError } from './support/options.ts';
 import { createWan, type Wan } from './support/wan.ts';
 import { Cleanup } from './support/cleanup.ts';
 import { checkGuest, guestCommands, readWire, wireDelta, type GuestCheck } from './support/measure.ts';
@@ -28,10 +29,7 @@ const run = promisify(execFile);
 const MiB = 1024 * 1024;
 const VM = 'bench';
 
-function usageError(message: string): never {
-  process.stderr.write(`bench:migration: ${message} (see --help)\n`);
-  process.exit(2);
-}
+const usageError: (message: string) => never = (message) => benchUsageError('bench:migration', message);
 
 const OPTIONS = {
   rate: { type: 'string', default: '100' },
@@ -48,15 +46,7 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
-function parseOptions() {
-  try {
-    return parseArgs({ options: OPTIONS }).values;
-  } catch (error) {
-    return usageError((error as Error).message);
-  }
-}
-
-const opts = parseOptions();
+const opts = parseBenchOptions('bench:migration', OPTIONS);
 
 if (opts.help) {
   process.stdout.write(`usage: node bench/migration.ts [options]   (as root)

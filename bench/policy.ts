@@ -34,7 +34,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { parseArgs, promisify } from 'node:util';
+import { promisify } from 'node:util';
+import { parseBenchOptions, usageError as benchUsageError } from './support/options.ts';
 import { Cleanup } from './support/cleanup.ts';
 import { EdgeThrottle } from './support/edge-throttle.ts';
 import { crunchPid, GuestWatch } from './support/guest-watch.ts';
@@ -53,10 +54,7 @@ type Site = 'edge' | 'core';
 /** A key whose echo does not come within this long counts as this long. */
 const ECHO_TIMEOUT_MS = 5000;
 
-function usageError(message: string): never {
-  process.stderr.write(`bench:policy: ${message} (see --help)\n`);
-  process.exit(2);
-}
+const usageError: (message: string) => never = (message) => benchUsageError('bench:policy', message);
 
 const OPTIONS = {
   cycles: { type: 'string', default: '3' },
@@ -75,15 +73,7 @@ const OPTIONS = {
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
 
-function parseOptions() {
-  try {
-    return parseArgs({ options: OPTIONS }).values;
-  } catch (error) {
-    return usageError((error as Error).message);
-  }
-}
-
-const opts = parseOptions();
+const opts = parseBenchOptions('bench:policy', OPTIONS);
 
 if (opts.help) {
   process.stdout.write(`usage: node bench/policy.ts [options]   (as root)

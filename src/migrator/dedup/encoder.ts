@@ -74,6 +74,11 @@ interface BatchChunk {
   length: number;
 }
 
+/** A sender's counters before it has sent anything. */
+export function emptySenderStats(): DedupSenderStats {
+  return { chunks: 0, bytes: 0, literalChunks: 0, literalBytes: 0, refChunks: 0, refBytes: 0, literalWireBytes: 0, wireBytes: 0, inventory: 0, needs: 0 };
+}
+
 export class DedupSender {
   /** Raw bytes to send. 'finish' once every byte is on the wire; see `done` for the receiver's confirmation. */
   readonly input: Writable;
@@ -130,18 +135,7 @@ export class DedupSender {
   /** Bytes of unacknowledged refs, by key, with how many unacked refs use them. */
   #retained = new Map<string, { bytes: Uint8Array; count: number }>();
 
-  #stats: DedupSenderStats = {
-    chunks: 0,
-    bytes: 0,
-    literalChunks: 0,
-    literalBytes: 0,
-    refChunks: 0,
-    refBytes: 0,
-    literalWireBytes: 0,
-    wireBytes: 0,
-    inventory: 0,
-    needs: 0,
-  };
+  #stats: DedupSenderStats = emptySenderStats();
 
   constructor(options: DedupSenderOptions = {}) {
     this.windowBytes = options.windowBytes ?? DEFAULT_WINDOW_BYTES;

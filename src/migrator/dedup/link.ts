@@ -16,7 +16,7 @@ import type { Duplex } from 'node:stream';
 import type { PeerLink } from '../link/peer-link.ts';
 import { connectUnix, listenUnix, splice } from '../link/streams.ts';
 import { DedupReceiver, type DedupReceiverOptions, type DedupReceiverStats } from './decoder.ts';
-import { DedupSender, type DedupSenderOptions, type DedupSenderStats } from './encoder.ts';
+import { DedupSender, emptySenderStats, type DedupSenderOptions, type DedupSenderStats } from './encoder.ts';
 import { DedupAbortedError, DedupError, DedupProtocolError } from './errors.ts';
 import type { ChunkStore } from './store.ts';
 
@@ -67,18 +67,6 @@ export interface DedupBridgeOptions {
   onError?: (error: Error) => void;
 }
 
-const emptySenderStats = (): DedupSenderStats => ({
-  chunks: 0,
-  bytes: 0,
-  literalChunks: 0,
-  literalBytes: 0,
-  refChunks: 0,
-  refBytes: 0,
-  literalWireBytes: 0,
-  wireBytes: 0,
-  inventory: 0,
-  needs: 0,
-});
 
 /**
  * A unix socket at `path` (mode 0600) whose every accepted connection is sent through a DedupSender
