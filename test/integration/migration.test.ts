@@ -226,6 +226,11 @@ describe('live migration with disk, A ⇄ B', { timeout: 600_000 }, () => {
     const integrity = await waitForHeartbeats(A.channel, 2);
     assert.equal(integrity.memory.violations + integrity.disk.violations, 0);
     lastUptime = integrity.uptimeMs;
+    // The first trip must carry the whole workload region: wait until the guest wrote it once (pass 1
+    // done), which takes longer than two heartbeats on a loaded machine.
+    const deadline = Date.now() + 120_000;
+    while (A.channel.integrity.disk.pass < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+    assert.ok(A.channel.integrity.disk.pass >= 2, `the disk workload did not finish its first pass: ${JSON.stringify(A.channel.integrity)}`);
   });
 
   after(async () => {
