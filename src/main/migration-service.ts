@@ -100,7 +100,7 @@ class RemoteDestination implements DestinationSite {
     const reply = await this.link.request<PrepareWireReply>('migration.prepare', request, { timeoutMs: 120_000 });
     const short = request.migrationId.slice(0, 8);
     await mkdir(this.runDir, { recursive: true, mode: 0o700 });
-    const nbd = await bridgeListener(this.link, join(this.runDir, `${short}-nbd.sock`), reply.nbdTarget);
+    const nbd = await bridgeListener(this.link, join(this.runDir, `${short}-nbd.sock`), reply.nbdTarget, { once: true });
     const migrationPath = join(this.runDir, `${short}-mig.sock`);
     const stores = this.chunkStores;
     if (stores !== undefined && !request.postcopy && reply.migrationDedupTarget !== undefined) {
@@ -113,7 +113,7 @@ class RemoteDestination implements DestinationSite {
           ? 'post-copy: QEMU\'s return path (page requests from the destination) is not carried by the dedup transport'
           : 'the destination does not offer it';
       }
-      this.bridges = { nbd, migration: await bridgeListener(this.link, migrationPath, reply.migrationTarget) };
+      this.bridges = { nbd, migration: await bridgeListener(this.link, migrationPath, reply.migrationTarget, { once: true }) };
     }
     return { nbdSocket: nbd.path, nbdExport: reply.nbdExport, migrationSocket: migrationPath };
   }
@@ -125,7 +125,7 @@ class RemoteDestination implements DestinationSite {
   /** Post-copy broke after switchover: the destination listens again; bridge its new socket here. */
   async recoverPostcopy(request: { migrationId: string }): Promise<{ migrationSocket: string }> {
     const reply = await this.link.request<{ migrationTarget: string }>('migration.recover-postcopy', request, { timeoutMs: 60_000 });
-    const bridge = await bridgeListener(this.link, join(this.runDir, `${request.migrationId.slice(0, 8)}-r${Date.now() % 100000}.sock`), reply.migrationTarget);
+    const bridge = await bridgeListener(this.link, join(this.runDir, `${request.migrationId.slice(0, 8)}-r${Date.now() % 100000}.sock`), reply.migrationTarget, { once: true });
     this.extraBridges.push(bridge);
     return { migrationSocket: bridge.path };
   }

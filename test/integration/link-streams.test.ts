@@ -478,6 +478,20 @@ describe('streams', () => {
     assert.equal(errors.length, 1);
   });
 
+  test('a once-bridge carries its first connection and refuses the next at connect()', async () => {
+    const s = await sites();
+    s.core.exposeTarget('echo', (await unixTarget(join(s.root, 'echo-once.sock'), echo)).path);
+    const b = await bridgeListener(s.edge, join(s.root, 'once.sock'), 'echo', { once: true });
+    cleanups.push(() => b.close());
+    const first = await connectUnix(b.path);
+    // A reconnecting client (QEMU's NBD client after a failed move) gets ENOENT, not a new stream.
+    await assert.rejects(connectUnix(b.path), { code: 'ENOENT' });
+    const [sent, got] = await Promise.all([writeRandom(first, MiB), readAll(first)]);
+    assert.equal(got.sha256, sent, 'the first connection is still bridged');
+    assert.equal(b.stats.connections, 1);
+    await b.close();
+  });
+
   test('a stale socket file at the bridge path is replaced; a live one or a regular file is not', async () => {
     const s = await sites();
     const path = join(s.root, 'stale.sock');

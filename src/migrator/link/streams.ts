@@ -123,6 +123,12 @@ export interface BridgeListener {
 export interface BridgeOptions {
   /** Called for each connection that could not be bridged (it has been closed already). */
   onError?: (error: Error) => void;
+  /**
+   * Accept one connection, then stop listening (the socket file goes away). For QEMU's streams: a
+   * migration is one connection each, and QEMU's NBD client reconnecting into a failed move must
+   * fail at connect() rather than be bridged to a destination that is gone.
+   */
+  once?: boolean;
 }
 
 /**
@@ -135,6 +141,7 @@ export async function bridgeListener(link: PeerLink, path: string, targetId: str
   const sockets = new Set<Socket>();
   const totals = { connections: 0, failed: 0, bytesOut: 0, bytesIn: 0, lastError: undefined as Error | undefined };
   const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (local) => {
+    if (options.once && server.listening) server.close();
     totals.connections += 1;
     sockets.add(local);
     local.on('error', () => {});
@@ -166,7 +173,9 @@ export async function bridgeListener(link: PeerLink, path: string, targetId: str
     },
     close(): Promise<void> {
       closing ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
+        if (server.listening) server.close(() => resolve());
+        else if (sockets.size === 0) resolve();
+        else server.once('close', () => resolve());
         for (const s of sockets) s.destroy();
       });
       return closing;

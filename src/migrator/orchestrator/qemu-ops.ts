@@ -207,3 +207,54 @@ export async function retryWhileBusy(what: () => Promise<unknown>, timeoutMs: nu
     }
   }
 }
+
+/** Migration states in which QEMU is still sending (or may resume sending) memory. */
+export const RUNNING_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'postcopy-recover', 'wait-unplug', 'cancelling']);
+
+/**
+ * Stops an outgoing move's streams on the source QEMU before the guest may run on alone. The disk
+ * goes first — the mirror, then its NBD client — while the destination still serves it: a cancelled
+ * memory stream makes the destination QEMU exit, and QEMU 7.2 has crashed (a segfault in malloc)
+ * cancelling a mirror whose NBD connection had just broken. Then the memory stream. Returns what
+ * failed, for the user; never throws.
+ */
+export async function stopOutgoingStreams(watch: QemuWatch, streams: { mirrorJob: string | undefined; nbdNode: string | undefined; migration: boolean }): Promise<string[]> {
+  const { qmp } = watch;
+  const notes: string[] = [];
+  const { mirrorJob, nbdNode } = streams;
+  if (mirrorJob !== undefined && (await qmp.execute('query-block-jobs').catch(() => [])).some((j) => j.device === mirrorJob)) {
+    await qmp.execute('block-job-cancel', { device: mirrorJob, force: true }).catch(() => undefined);
+    let gone = false;
+    await watch
+      .until('the disk mirror to stop', () => (gone ? true : undefined), {
+        timeoutMs: 30_000,
+        pollMs: 50,
+        poll: async () => {
+          gone = !(await qmp.execute('query-block-jobs')).some((j) => j.device === mirrorJob);
+        },
+      })
+      .catch((e: unknown) => notes.push(`cancelling the mirror: ${(e as Error).message}`));
+  }
+  if (nbdNode !== undefined) {
+    await qmp.execute('blockdev-del', { 'node-name': nbdNode }).catch((e: unknown) => {
+      // Not there: it was never added (a recovery after a restart does not know) or is gone already.
+      if (!/Failed to find node/.test((e as Error).message)) notes.push(`removing the NBD client: ${(e as Error).message}`);
+    });
+  }
+  const status = streams.migration ? (await qmp.execute('query-migrate').catch(() => ({ status: undefined }))).status : undefined;
+  if (status !== undefined && RUNNING_MIGRATION.has(status)) {
+    await qmp.execute('migrate_cancel').catch((e: unknown) => notes.push(`migrate_cancel: ${(e as Error).message}`));
+    let stopped = false;
+    await watch
+      .until('the migration to stop', () => (stopped ? true : undefined), {
+        timeoutMs: 10_000,
+        pollMs: 50,
+        poll: async () => {
+          const s = (await qmp.execute('query-migrate')).status;
+          stopped = s === undefined || !RUNNING_MIGRATION.has(s) || s === 'postcopy-paused';
+        },
+      })
+      .catch((e: unknown) => notes.push(`waiting for the migration to stop: ${(e as Error).message}`));
+  }
+  return notes;
+}

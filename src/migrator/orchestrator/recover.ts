@@ -8,7 +8,7 @@ import type { DestinationSite } from '../site.ts';
 import { decideRecovery, type SourceJournal } from './common/journal.ts';
 import { DEFAULT_MAX_CHAIN_DEPTH } from './common/types.ts';
 import { readSourceJournal, removeFile, sourceJournalPath, writeSourceJournal } from './journal.ts';
-import { QemuWatch } from './qemu-ops.ts';
+import { QemuWatch, stopOutgoingStreams } from './qemu-ops.ts';
 
 export interface RecoverMigrationInput {
   journal: SourceJournal;
@@ -35,8 +35,6 @@ export type RecoveryResult =
 
 /** Reads the journal of the VM in `vmDir`, if a migration of it was under way when the agent stopped. */
 export { readSourceJournal };
-
-const RUNNING = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-recover', 'wait-unplug', 'cancelling']);
 
 async function withTimeout<T>(what: string, promise: Promise<T>, ms: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -99,38 +97,7 @@ async function rollBack(input: RecoverMigrationInput, resume: 'now' | 'after-des
     const qmp = vm.qmp;
     const watch = new QemuWatch(qmp);
     try {
-      const status = (await qmp.execute('query-migrate')).status;
-      if (status !== undefined && RUNNING.has(status)) {
-        await qmp.execute('migrate_cancel').catch((e: unknown) => notes.push(`migrate_cancel: ${(e as Error).message}`));
-        let stopped = false;
-        await watch
-          .until('the migration to stop', () => (stopped ? true : undefined), {
-            timeoutMs: 10_000,
-            pollMs: 50,
-            poll: async () => {
-              const s = (await qmp.execute('query-migrate')).status;
-              stopped = s === undefined || !RUNNING.has(s);
-            },
-          })
-          .catch((e: unknown) => notes.push((e as Error).message));
-      }
-      if (journal.mirrorJob !== undefined) {
-        const jobId = journal.mirrorJob;
-        if ((await qmp.execute('query-block-jobs')).some((j) => j.device === jobId)) {
-          await qmp.execute('block-job-cancel', { device: jobId, force: true }).catch(() => undefined);
-          let gone = false;
-          await watch
-            .until('the disk mirror to stop', () => (gone ? true : undefined), {
-              timeoutMs: 30_000,
-              pollMs: 50,
-              poll: async () => {
-                gone = !(await qmp.execute('query-block-jobs')).some((j) => j.device === jobId);
-              },
-            })
-            .catch((e: unknown) => notes.push((e as Error).message));
-        }
-      }
-      if (journal.nbdNode !== undefined) await qmp.execute('blockdev-del', { 'node-name': journal.nbdNode }).catch(() => undefined);
+      notes.push(...(await stopOutgoingStreams(watch, { mirrorJob: journal.mirrorJob, nbdNode: journal.nbdNode, migration: true })));
     } finally {
       watch.dispose();
     }

@@ -38,7 +38,7 @@ import {
 import { convergenceDecision, DEFAULT_CONVERGENCE, sampleOf, type ConvergenceConfig, type MigrationSample } from './common/convergence.ts';
 import type { JournalStep, SourceJournal } from './common/journal.ts';
 import { removeFile, sourceJournalPath, writeSourceJournal } from './journal.ts';
-import { diskRoot, QemuGoneError, QemuWatch, setCapabilities, WaitTimeoutError } from './qemu-ops.ts';
+import { diskRoot, QemuGoneError, QemuWatch, RUNNING_MIGRATION, setCapabilities, stopOutgoingStreams, WaitTimeoutError } from './qemu-ops.ts';
 
 export interface MigrateVmInput {
   /** The running VM at this site. */
@@ -73,8 +73,6 @@ class PhaseFailure extends Error {
 
 /** How long a new migration waits for QEMU to finish cancelling the previous one. */
 const CANCELLING_WAIT_MS = 30_000;
-const RUNNING_MIGRATION = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'postcopy-paused', 'postcopy-recover', 'wait-unplug', 'cancelling']);
-
 /** Migrates `vm` to `destination`. Resolves with the result record; rejects with MigrationError. */
 export async function migrateVm(input: MigrateVmInput): Promise<MigrationResult> {
   return new SourceMigration(input).run();
@@ -650,36 +648,8 @@ class SourceMigration {
     const sourceAlive = !qmp.closed && (await this.#vm.alive());
     const steps: string[] = [];
     if (sourceAlive) {
-      // Stop the streams first: a write-blocking mirror to a dead destination must be gone before the guest runs again.
-      const status = (await qmp.execute('query-migrate').catch(() => ({}) as QemuMigrationStats)).status;
-      if (this.#migrateStarted && status !== undefined && RUNNING_MIGRATION.has(status)) {
-        await qmp.execute('migrate_cancel').catch((e: unknown) => steps.push(`migrate_cancel: ${(e as Error).message}`));
-        let stopped = false;
-        await this.#watch
-          .until('the migration to stop', () => (stopped ? true : undefined), {
-            timeoutMs: 10_000,
-            pollMs: 50,
-            poll: async () => {
-              const s = (await qmp.execute('query-migrate')).status;
-              stopped = s === undefined || !RUNNING_MIGRATION.has(s) || s === 'postcopy-paused';
-            },
-          })
-          .catch((e: unknown) => steps.push(`waiting for the migration to stop: ${(e as Error).message}`));
-      }
-      if (this.#mirrorStarted) {
-        await qmp.execute('block-job-cancel', { device: this.#jobId, force: true }).catch(() => undefined);
-        let gone = false;
-        await this.#watch
-          .until('the disk mirror to stop', () => (gone ? true : undefined), {
-            timeoutMs: 30_000,
-            pollMs: 50,
-            poll: async () => {
-              gone = !(await qmp.execute('query-block-jobs')).some((j) => j.device === this.#jobId);
-            },
-          })
-          .catch((e: unknown) => steps.push(`cancelling the mirror: ${(e as Error).message}`));
-      }
-      if (this.#nbdAdded) await qmp.execute('blockdev-del', { 'node-name': this.#nbdNode }).catch((e: unknown) => steps.push(`removing the NBD client: ${(e as Error).message}`));
+      // A write-blocking mirror to a dead destination must be gone before the guest runs again.
+      steps.push(...(await stopOutgoingStreams(this.#watch, { mirrorJob: this.#mirrorStarted ? this.#jobId : undefined, nbdNode: this.#nbdAdded ? this.#nbdNode : undefined, migration: this.#migrateStarted })));
     }
     // Tear the destination down. Once it was asked to resume the guest, the source may resume only
     // after the destination confirmed it stopped (never both running).
