@@ -20,13 +20,16 @@ function layerOf(file) {
   return 'any';
 }
 
+/** The one agent module the Electron shell may use: the node-ipc client of the local API (it talks to the agent, never runs it). */
+const electronAgentClient = 'src/main/local-api/client.ts';
+
 const messages = {
   pureIo: 'Pure modules (src/shared, common/ folders) do no I/O, so they run anywhere and are tested on recorded data: "{{source}}" is not allowed here.',
   pureImport: 'Pure modules may import only other pure modules (src/shared, common/ folders): "{{source}}" is {{layer}} code.',
   browserIo: 'The renderer runs in a browser sandbox: no Node built-ins or I/O packages ("{{source}}"). Go through the API contract in src/shared.',
   browserImport: 'The renderer may import only src/shared, pure common/ modules and itself: "{{source}}" is {{layer}} code.',
   libraryUp: 'Libraries below the agent never import the agent (src/main) or the renderer: "{{source}}".',
-  electronImport: 'The Electron shell imports only the API contract (src/shared) and pure modules: "{{source}}" is {{layer}} code.',
+  electronImport: 'The Electron shell imports only the API contract (src/shared), pure modules and the local API client (src/main/local-api/client.ts): "{{source}}" is {{layer}} code.',
 };
 
 const layeringRule = {
@@ -52,7 +55,8 @@ const layeringRule = {
       if (from === 'pure' && to !== 'pure') report('pureImport', { layer: toMain ? 'agent' : to });
       if (from === 'browser' && to !== 'pure' && to !== 'browser') report('browserImport', { layer: toMain ? 'agent' : to });
       if (from === 'library' && (toMain || to === 'browser')) report('libraryUp');
-      if (from === 'electron' && to !== 'pure' && to !== 'electron') report('electronImport', { layer: toMain ? 'agent' : to });
+      const toAgentClient = target.split(sep).join('/') === electronAgentClient;
+      if (from === 'electron' && to !== 'pure' && to !== 'electron' && !toAgentClient) report('electronImport', { layer: toMain ? 'agent' : to });
     };
     return {
       ImportDeclaration: (node) => check(node.source, node.source.value),

@@ -17,7 +17,9 @@ import { PAIRING_TOKEN_ENV, startEmbeddedCore, type EmbeddedCore } from './embed
 import { DisplayService } from './display-service.ts';
 import { PlacementService } from './placement-service.ts';
 import { VmSensors } from './vm-sensors.ts';
-import { DEFAULT_POLICY_PARAMS, hostReadingSchema } from '../shared/placement.ts';
+import { hostReadingSchema } from '../shared/placement.ts';
+import { bandwidthCapBytesPerS, effectivePolicyParams, type ConfigReply } from '../shared/config.ts';
+import { ConfigService, defaultConfigPath } from './config-service.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
 import { UiServer } from './ui-server.ts';
@@ -31,6 +33,8 @@ export interface AgentOptions {
   /** Edge: the placement policy moves VMs itself (default); false = it only samples and decides. */
   autoPlacement?: boolean;
   name?: string;
+  /** Edge: the settings file it loads and watches. Default: the user's (`defaultConfigPath`). */
+  configPath?: string;
   log: (line: string) => void;
   /** Machine-readable announcements on stdout (the embedded core's parent reads `listening`). */
   announce: (event: Record<string, unknown>) => void;
@@ -154,7 +158,25 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   const library = new VmLibrary(dataDir);
   await library.saveSiteRole(role);
   let displays: DisplayService | undefined;
-  const migrations = new MigrationService({ role, dataDir, library, store, history, log, onSwitched: (vm, site) => void displays?.moved(vm, site) });
+  let placement: PlacementService | undefined;
+  let ui: UiServer | undefined;
+  // The settings (bandwidth default, policy knobs) are the edge's: it starts moves and runs the policy.
+  // A valid change of the file applies at once; an invalid one only shows (the last good settings stay).
+  const config = role === 'edge' ? await ConfigService.open({ path: options.configPath ?? defaultConfigPath(), log }) : undefined;
+  config?.onChange(({ config: settings }) => {
+    placement?.setParams(effectivePolicyParams(settings));
+    ui?.pushConfig();
+  });
+  const migrations = new MigrationService({
+    role,
+    dataDir,
+    library,
+    store,
+    history,
+    log,
+    onSwitched: (vm, site) => void displays?.moved(vm, site),
+    ...(config ? { defaultMaxBandwidth: () => bandwidthCapBytesPerS(config.current()) } : {}),
+  });
   await migrations.recover();
   const sensors = new VmSensors(library, log);
   /** The peer API on every new link: migrations, and the host readings of the VMs this site runs. */
@@ -186,7 +208,6 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   }
 
   let embedded: EmbeddedCore | undefined;
-  let placement: PlacementService | undefined;
   let connection: CoreConnection | undefined;
   const client = new LinkClient({ identity, name });
   if (role === 'edge') {
@@ -221,7 +242,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       history,
       migrations,
       displays,
-      params: DEFAULT_POLICY_PARAMS,
+      params: effectivePolicyParams(config?.current() ?? {}),
       act: options.autoPlacement ?? true,
       log,
       hostReading: async (vm, site) => {
@@ -237,7 +258,14 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
     if (options.embeddedCore) await connection.waitConnected(15_000);
   }
 
-  let ui: UiServer | undefined;
+  const edgeConfig = (): ConfigService => {
+    if (config === undefined) throw new LocalApiError('wrong-role', 'the settings (config.json) belong to the edge agent');
+    return config;
+  };
+  const configReply = (): ConfigReply => {
+    const core = trust.core;
+    return edgeConfig().reply(core === undefined ? undefined : { url: core.url, name: core.name, fingerprint: core.fingerprint });
+  };
   const handle = (async (command: LocalCommand, progress) => {
     switch (command.cmd) {
       case 'status':
@@ -248,6 +276,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         const pairing = await client.pair(command.url, command.token, command.fingerprint === undefined ? {} : { expectedFingerprint: command.fingerprint });
         await trust.setCore(pairing);
         await connection.redial();
+        ui?.pushConfig(); // the settings show the paired core
         return { peerName: pairing.name, fingerprint: pairing.fingerprint };
       }
       case 'migrate':
@@ -272,11 +301,18 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       case 'ui':
         if (ui === undefined) throw new LocalApiError('wrong-role', 'the app is served by the edge agent, where the user is');
         return { url: ui.url };
+      case 'config':
+        return configReply();
+      case 'config-set': {
+        const result = await edgeConfig().update(command.patch);
+        if (!result.ok) throw result.error;
+        return configReply();
+      }
     }
   }) as LocalHandler;
   const local = await LocalApiServer.listen(localApiSocket(dataDir), handle);
   // The app in a browser (`snowbird open`): the same handler behind a loopback WebSocket.
-  if (role === 'edge') ui = await UiServer.start({ store, handle, samples: (vm, after) => history.samples(vm, after), log });
+  if (role === 'edge') ui = await UiServer.start({ store, handle, samples: (vm, after) => history.samples(vm, after), config: configReply, log });
 
   return {
     store,
@@ -290,6 +326,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       await server?.close();
       await embedded?.stop();
       await migrations.close();
+      await config?.close();
       history.close();
     },
   };

@@ -2,16 +2,19 @@
 // `snowbird`: the command-line interface and this process's composition root. Commands parse their
 // options here and call the operations in vm-service / guest; errors become exit codes in one place.
 import { Argument, Command, InvalidArgumentError, Option } from 'commander';
-import { access, readFile, stat } from 'node:fs/promises';
-import { constants, createWriteStream, watch } from 'node:fs';
-import { spawn } from 'node:child_process';
+import { readFile, stat } from 'node:fs/promises';
+import { createWriteStream, watch } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { buildGuest, findBuiltGuest, GuestBuildError } from '../../guest/build.ts';
 import { VmLibrary, defaultDataDir } from './vm-library.ts';
 import { pauseVm, startVm, stopVm, vmStatus, type VmStatusReport } from './vm-service.ts';
 import { formatIntegrity, formatLinkBytes, formatMigrationSummary, formatMs, formatProgress, formatTable } from './format.ts';
-import { LocalApiClient } from './local-api/client.ts';
+import { LocalApiClient, LocalApiUnavailableError } from './local-api/client.ts';
+import { ConfigService, defaultConfigPath } from './config-service.ts';
+import { CONFIG_KEYS, patchAt, type ConfigPatch, type ConfigReply } from '../shared/config.ts';
 import { runAgent } from './agent.ts';
+import { openInBrowser, type OpenedIn } from './app-launcher.ts';
+import { start } from './start.ts';
 import type { SiteRole } from '../shared/migration.ts';
 import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
 import { decisionChanges, describeDecision, formatTrace, parseTrace, replay } from '../interaction-detect/common/trace.ts';
@@ -38,6 +41,7 @@ function printJson(value: unknown): void {
 const program = new Command('snowbird')
   .description('Moves a running VM between your laptop (edge) and a server (core) as the work inside it changes.')
   .addOption(new Option('--data <dir>', 'data directory holding the VM library').default(defaultDataDir(), '$SNOWBIRD_DATA or ~/.local/share/snowbird'))
+  .addOption(new Option('--config <file>', 'the edge agent\'s settings file (see `snowbird config`)').default(defaultConfigPath(), '$SNOWBIRD_CONFIG or $XDG_CONFIG_HOME/snowbird/config.json'))
   .showHelpAfterError()
   .configureHelp({ showGlobalOptions: true });
 
@@ -221,6 +225,7 @@ program
       autoPlacement: opts.autoPlacement,
       ...(opts.listen === undefined ? {} : { listen: opts.listen }),
       ...(opts.name === undefined ? {} : { name: opts.name }),
+      configPath: configPath(command),
       log: (line) => process.stderr.write(`${line}\n`),
       announce: (event) => process.stdout.write(`${JSON.stringify(event)}\n`),
     });
@@ -325,19 +330,6 @@ program
   });
 
 /** Chromium, if this machine has it: Debian's path first, then PATH. */
-async function findChromium(): Promise<string | undefined> {
-  const candidates = ['/usr/bin/chromium', ...(process.env.PATH ?? '').split(':').filter(Boolean).map((dir) => join(dir, 'chromium'))];
-  for (const candidate of candidates) {
-    try {
-      await access(candidate, constants.X_OK);
-      return candidate;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
-
 program
   .command('open')
   .description('the app in a browser: prints the edge agent\'s UI URL (with this run\'s token) and opens it in Chromium when there is a display')
@@ -346,16 +338,32 @@ program
     const { url } = await withAgent(command, (client) => client.request({ cmd: 'ui' }));
     process.stdout.write(`${url}\n`);
     if (!opts.browser) return;
-    const chromium = await findChromium();
-    const display = process.env.DISPLAY || process.env.WAYLAND_DISPLAY;
-    if (chromium === undefined || !display) {
-      process.stderr.write(`open it in a browser on this machine${chromium === undefined ? ' (no chromium found)' : ' (no $DISPLAY or $WAYLAND_DISPLAY)'}\n`);
-      return;
-    }
-    const child = spawn(chromium, [`--app=${url}`], { detached: true, stdio: 'ignore' });
-    child.on('error', (error) => process.stderr.write(`could not start ${chromium}: ${error.message}\n`));
-    child.unref();
-    process.stderr.write(`opened in ${chromium} (--app)\n`);
+    process.stderr.write(`${describeOpened(await openInBrowser(url))}\n`);
+  });
+
+function describeOpened(opened: OpenedIn): string {
+  if (opened.by === 'nothing') return `open it in a browser on this machine (${opened.why})`;
+  return opened.by === 'electron' ? `opened the app (Electron: ${opened.binary})` : `opened in ${opened.binary} (--app)`;
+}
+
+program
+  .command('start')
+  .description('the main job (npm start): builds what is missing (demo guest, app), creates the VM, runs the edge agent with an embedded core, boots the VM and opens the app; Ctrl-C stops the agent, the VM keeps running')
+  .option('--vm <name>', 'the VM to create (the demo guest) and boot', 'demo')
+  .option('--no-open', 'print the app\'s URL instead of opening it')
+  .option('--cache <dir>', 'where the demo guest is built and cached', DEFAULT_CACHE)
+  .action(async (opts: { vm: string; open: boolean; cache: string }, command: Command) => {
+    const log = (line: string): void => void process.stderr.write(`${line}\n`);
+    const started = await start({ library: library(command), configPath: configPath(command), cacheDir: resolve(opts.cache), vm: opts.vm, open: opts.open, log });
+    process.stdout.write(`${started.url}\n`);
+    if (started.opened) log(describeOpened(started.opened));
+    if (started.agent === undefined) return;
+    log('the agent runs until Ctrl-C (the VM keeps running after it stops; `snowbird vm stop ' + opts.vm + '` stops it)');
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    await started.agent.close();
   });
 
 program
@@ -420,6 +428,106 @@ program
     if (opts.json) return printJson(reply);
     process.stdout.write(`placement of "${reply.vm}": ${reply.mode}\n`);
     if (reply.decision) process.stdout.write(`latest decision: ${describeDecision(reply.decision, reply.decision.at).replace(/^\+0\.0 s\s*/, '')}\n`);
+  });
+
+function configPath(command: Command): string {
+  return resolve(command.optsWithGlobals<{ config: string }>().config);
+}
+
+/**
+ * The settings through the running edge agent (its file is the one in force, and a change applies at
+ * once); with no agent running, on the file itself (the agent reads it when it starts).
+ */
+async function withSettings<T>(command: Command, viaAgent: (client: LocalApiClient) => Promise<T>, onFile: (service: ConfigService) => Promise<T>): Promise<{ result: T; live: boolean }> {
+  let client: LocalApiClient;
+  try {
+    client = await LocalApiClient.connect(agentSocket(command));
+  } catch (error) {
+    if (!(error instanceof LocalApiUnavailableError)) throw error;
+    const service = await ConfigService.open({ path: configPath(command), watch: false });
+    try {
+      return { result: await onFile(service), live: false };
+    } finally {
+      await service.close();
+    }
+  }
+  try {
+    return { result: await viaAgent(client), live: true };
+  } finally {
+    client.close();
+  }
+}
+
+/** The agent may have been started with another file than this command would use: say which one counts. */
+function noteOtherFile(command: Command, reply: ConfigReply): void {
+  if (reply.path !== configPath(command)) process.stderr.write(`note: the running edge agent uses ${reply.path}\n`);
+}
+
+/** KEY VALUE → a merge patch. VALUE is JSON (40, 0.5, null), else the text itself (which the schema then refuses with a reason). */
+function settingPatch(key: string, text: string): ConfigPatch {
+  let value: unknown = text;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    // not JSON: the text as it is
+  }
+  try {
+    return patchAt(key, value);
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
+}
+
+const settings = program
+  .command('config')
+  .description(`the edge agent's settings file (--config; default $XDG_CONFIG_HOME/snowbird/config.json): the bandwidth cap for moves that set none, the placement policy's knobs. A valid edit of the file applies at once; an invalid one is reported and the last good settings stay in force. Through the running edge agent when there is one, else on the file. Settings: ${CONFIG_KEYS.join(', ')}`);
+
+settings
+  .command('show', { isDefault: true })
+  .description('(the default) print the file\'s path, the settings in force and, when the file is invalid, why: exit status 1 then, the last good settings stay in force')
+  .option('--json', 'print JSON for scripts: {path, config, error}', false)
+  .action(async (opts: { json: boolean }, command: Command) => {
+    const { result: reply } = await withSettings(command, (client) => client.request({ cmd: 'config' }), async (service) => service.reply());
+    noteOtherFile(command, reply);
+    if (opts.json) printJson(reply);
+    else {
+      const { core, ...fromFile } = reply.config;
+      process.stdout.write(`config file: ${reply.path}\n`);
+      if (core) process.stdout.write(`paired core: ${core.name ?? '?'} at ${core.url}${core.fingerprint ? ` (${core.fingerprint})` : ''}\n`);
+      process.stdout.write(`settings in force (anything not set has its default):\n${JSON.stringify(fromFile, null, 2)}\n`);
+    }
+    if (reply.error) {
+      process.stderr.write(`config.json is invalid: ${reply.error.message}\n  the last good settings stay in force; fix the file and they apply when it is saved\n`);
+      process.exitCode = 1;
+    }
+  });
+
+settings
+  .command('set')
+  .description('change one setting: validated first (nothing is written if it is invalid), then written atomically; the running edge agent applies it at once. e.g. `snowbird config set migration.bandwidthCapMbit 40`; `null` removes a setting (back to its default)')
+  .argument('<key>', `the setting: ${CONFIG_KEYS.join(', ')}`)
+  .argument('<value>', 'a number, or null to remove the setting')
+  .action(async (key: string, value: string, _opts: unknown, command: Command) => {
+    const patch = settingPatch(key, value);
+    const { result: reply, live } = await withSettings(
+      command,
+      (client) => client.request({ cmd: 'config-set', patch }),
+      async (service) => {
+        const update = await service.update(patch);
+        if (!update.ok) throw update.error;
+        return service.reply();
+      },
+    );
+    noteOtherFile(command, reply);
+    process.stdout.write(`${key} = ${value}: written to ${reply.path}; ${live ? 'in force now' : 'no edge agent runs here: it applies when one starts'}\n`);
+  });
+
+settings
+  .command('path')
+  .description('print the settings file\'s path (the running edge agent\'s, when there is one)')
+  .action(async (_opts: unknown, command: Command) => {
+    const { result: reply } = await withSettings(command, (client) => client.request({ cmd: 'config' }), async (service) => service.reply());
+    process.stdout.write(`${reply.path}\n`);
   });
 
 const trace = program.command('trace').description('interaction samples, as the placement policy sees them');

@@ -230,6 +230,8 @@ export interface MigrationServiceDeps {
   log: (line: string) => void;
   /** The guest now runs at `site` (a migration reached commit): the edge's display follows it. */
   onSwitched?: (vm: string, site: SiteRole) => void;
+  /** The memory stream cap (bytes/s) for moves that set none: the settings file's, read at each move. */
+  defaultMaxBandwidth?: () => number | undefined;
 }
 
 export class MigrationService {
@@ -468,9 +470,10 @@ export class MigrationService {
   async migrate(command: Extract<LocalCommand, { cmd: 'migrate' }>, progress: (p: MigrationProgress) => void, trigger: MigrationTrigger = { by: 'user', reasons: [] }): Promise<MigrationRecord> {
     if (this.deps.role !== 'edge' || !this.coreLink) throw new LocalApiError('wrong-role', 'migrations are started from the edge agent');
     const link = await this.coreLink();
+    const maxBandwidth = command.maxBandwidth ?? this.deps.defaultMaxBandwidth?.();
     const options: MigrationOptions = {
       strategy: command.strategy ?? (command.to === 'edge' ? 'hybrid' : 'precopy'),
-      ...(command.maxBandwidth ? { maxBandwidth: command.maxBandwidth } : {}),
+      ...(maxBandwidth ? { maxBandwidth } : {}),
       ...(command.downtimeLimitMs ? { downtimeLimitMs: command.downtimeLimitMs } : {}),
     };
     const dedup = command.dedup ?? false;

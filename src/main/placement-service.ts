@@ -34,6 +34,7 @@ export interface PlacementServiceDeps {
   displays: DisplayService;
   /** The host's readings of the VM's QEMU at `site` (null when they cannot be had now). */
   hostReading: (vm: string, site: SiteRole) => Promise<HostReading | null>;
+  /** The policy's parameters at start; `setParams` changes them live. */
   params: PolicyParams;
   /** Carry out the policy's moves; false = decide and record only (a dry run the user can watch). */
   act: boolean;
@@ -59,6 +60,7 @@ const MODES_FILE = 'placement.json';
 export class PlacementService {
   readonly #deps: PlacementServiceDeps;
   readonly #loops = new Map<string, VmLoop>();
+  #params: PolicyParams;
   #modes: Record<string, PlacementMode> = {};
   #timer: NodeJS.Timeout | undefined;
   #ticking = false;
@@ -66,6 +68,12 @@ export class PlacementService {
 
   constructor(deps: PlacementServiceDeps) {
     this.#deps = deps;
+    this.#params = deps.params;
+  }
+
+  /** New parameters (the settings file changed): the next step of every VM's policy uses them. */
+  setParams(params: PolicyParams): void {
+    this.#params = params;
   }
 
   async start(): Promise<void> {
@@ -143,7 +151,7 @@ export class PlacementService {
       linkBytesPerS: null,
     };
     this.#deps.history.addSample(vm, sample);
-    const result = step(loop.state, sample, { params: this.#deps.params, pastMigrations: loop.pastMigrations });
+    const result = step(loop.state, sample, { params: this.#params, pastMigrations: loop.pastMigrations });
     loop.state = result.state;
     const decision = result.decision;
     if (decision.action === 'migrate' || loop.last?.rule !== decision.rule || loop.last.action !== decision.action) this.#deps.history.addDecision(vm, decision);

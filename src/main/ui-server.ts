@@ -1,7 +1,8 @@
 // The app in a browser: the edge agent serves the built renderer (dist/ui/) on loopback, and a
 // WebSocket `/api` that speaks the local API's contract (src/shared/local-api.ts) as node-ipc does —
 // {id, command} in, {id, ok, result | error} and {id, progress} out — plus pushes: the agent's status
-// on every store change (throttled) and each VM's new interaction samples every second.
+// on every store change (throttled), each VM's new interaction samples every second, and the settings
+// when the agent says they changed (`pushConfig`).
 //
 // Access: a per-run token in the URL the CLI prints (`snowbird open`), required for the page and the
 // WebSocket, compared in constant time; the built scripts and styles hold nothing secret and load
@@ -15,6 +16,7 @@ import { readFile } from 'node:fs/promises';
 import { extname, join, normalize, resolve, sep } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { parseLocalRequest, type LocalError, type UiPush } from '../shared/local-api.ts';
+import type { ConfigReply } from '../shared/config.ts';
 import type { InteractionSample } from '../shared/placement.ts';
 import { MAX_LOCAL_MESSAGE, type LocalHandler } from './local-api/server.ts';
 import { statusOf, type AgentStore } from './store.ts';
@@ -29,6 +31,8 @@ export interface UiServerOptions {
   /** A VM's samples taken strictly after `after`, oldest first (the history). */
   samples: (vm: string, after: number) => InteractionSample[];
   log: (line: string) => void;
+  /** The settings as the `config` command answers them: pushed to each new client and on `pushConfig`. */
+  config?: () => ConfigReply;
   /** The built renderer. Default: dist/ui/ in the repository. */
   root?: string;
   /** Loopback only: the page runs the user's VM. Default 127.0.0.1. */
@@ -272,6 +276,7 @@ export class UiServer {
       () => {
         this.#pushStatus(client);
         this.#pushSamplesTo(client);
+        this.#pushConfigTo(client);
       },
       (error: unknown) => this.#options.log(`ui: status for a new client: ${(error as Error).message}`),
     );
@@ -316,6 +321,17 @@ export class UiServer {
     if (text === client.lastStatus || client.ws.bufferedAmount > PUSH_HIGH_WATER) return;
     client.lastStatus = text;
     this.#send(client, text);
+  }
+
+  /** The settings changed (the file, its validity, the pairing): every client gets them. */
+  pushConfig(): void {
+    for (const client of this.#clients) this.#pushConfigTo(client);
+  }
+
+  #pushConfigTo(client: Client): void {
+    if (this.#options.config === undefined) return;
+    const push: UiPush = { push: 'config', config: this.#options.config() };
+    this.#send(client, push);
   }
 
   #pushSamples(): void {

@@ -1,9 +1,22 @@
-// The app's end of the local API: the edge agent's WebSocket `/api`, the same contract as the CLI's
+// The app's end of the local API, over one of two transports with the same contract as the CLI's
 // node-ipc client (src/main/local-api/client.ts): {id, command} out; {id, ok, result | error} and
-// {id, progress} back; plus the agent's pushes (status, samples). Reconnects with back-off; requests
-// in flight when the connection drops fail with code `disconnected`.
+// {id, progress} back; plus the agent's pushes (status, samples).
+// - `ApiClient`, in a browser: the edge agent's WebSocket `/api`. Reconnects with back-off; requests
+//   in flight when the connection drops fail with code `disconnected`.
+// - `BridgeClient`, in the Electron shell: `window.snowbird` (electron/preload.ts), whose main process
+//   holds the connection to the agent, reconnects and fails requests in flight the same way.
 import { localProgressSchema, localResponseSchema, uiPushSchema, type LocalCommand, type LocalReplies, type UiPush } from '../shared/local-api.ts';
-import type { MigrationProgress } from '../shared/migration.ts';
+import { migrationProgressSchema, type MigrationProgress } from '../shared/migration.ts';
+import type { ConnectionState, SnowbirdBridge } from '../shared/app-bridge.ts';
+
+export type { ConnectionState } from '../shared/app-bridge.ts';
+
+declare global {
+  interface Window {
+    /** The Electron shell's bridge (electron/preload.ts); undefined in a browser. */
+    readonly snowbird?: SnowbirdBridge;
+  }
+}
 
 export class ApiError extends Error {
   readonly code: string;
@@ -14,12 +27,21 @@ export class ApiError extends Error {
   }
 }
 
-export type ConnectionState = 'connecting' | 'open' | 'closed';
-
 export interface ApiClientEvents {
   push(push: UiPush): void;
   connection(state: ConnectionState, detail?: string): void;
 }
+
+/** What the controller needs of a connection to the agent, whichever the transport. */
+export interface AgentTransport {
+  /** Starts connecting; progress and pushes go to the events the transport was made with. */
+  connect(): void;
+  request<C extends LocalCommand>(command: C, onProgress?: (p: MigrationProgress) => void): Promise<LocalReplies[C['cmd']]>;
+  close(): void;
+}
+
+/** Makes the transport, given where its events go (the controller's handlers). */
+export type TransportFactory = (events: ApiClientEvents) => AgentTransport;
 
 interface Pending {
   resolve: (value: unknown) => void;
@@ -27,7 +49,7 @@ interface Pending {
   progress?: (p: MigrationProgress) => void;
 }
 
-export class ApiClient {
+export class ApiClient implements AgentTransport {
   readonly #url: string;
   readonly #events: ApiClientEvents;
   readonly #pending = new Map<number, Pending>();
@@ -119,5 +141,50 @@ export class ApiClient {
   #failAll(error: Error): void {
     for (const entry of this.#pending.values()) entry.reject(error);
     this.#pending.clear();
+  }
+}
+
+/**
+ * The local API through the Electron shell's bridge. The main process validates each command and
+ * owns the connection; this end checks what comes back with the same schemas as the WebSocket client.
+ */
+export class BridgeClient implements AgentTransport {
+  readonly #bridge: SnowbirdBridge;
+  readonly #events: ApiClientEvents;
+  #unsubscribe: (() => void)[] = [];
+  #closed = false;
+
+  constructor(bridge: SnowbirdBridge, events: ApiClientEvents) {
+    this.#bridge = bridge;
+    this.#events = events;
+  }
+
+  connect(): void {
+    if (this.#closed || this.#unsubscribe.length > 0) return;
+    this.#unsubscribe = [
+      this.#bridge.onConnection((state, detail) => this.#events.connection(state, detail)),
+      this.#bridge.onPush((data) => {
+        const push = uiPushSchema.safeParse(data);
+        if (push.success) this.#events.push(push.data);
+      }),
+    ];
+  }
+
+  async request<C extends LocalCommand>(command: C, onProgress?: (p: MigrationProgress) => void): Promise<LocalReplies[C['cmd']]> {
+    if (this.#closed) throw new ApiError('disconnected', 'closed');
+    const forwardProgress = onProgress === undefined ? undefined : (data: unknown): void => {
+      const progress = migrationProgressSchema.safeParse(data);
+      if (progress.success) onProgress(progress.data);
+    };
+    const response = localResponseSchema.safeParse(await this.#bridge.request(command, forwardProgress));
+    if (!response.success) throw new ApiError('malformed', `the app shell sent an unreadable reply to "${command.cmd}"`);
+    if (!response.data.ok) throw new ApiError(response.data.error.code, response.data.error.message);
+    return response.data.result as LocalReplies[C['cmd']];
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const unsubscribe of this.#unsubscribe) unsubscribe();
+    this.#unsubscribe = [];
   }
 }

@@ -1,11 +1,12 @@
 // The app's actions: the only writer of the UI store. It keeps the connection to the agent, folds
 // the agent's pushes into the store, runs the user's commands (errors land in `errors`, shown on the
 // page) and refreshes what changes without a push (placement, decisions, history) while it is shown.
-import { ApiClient, ApiError } from './api.ts';
+import { ApiError, type AgentTransport, type TransportFactory } from './api.ts';
 import { appendSamples, createUiStore, type DisplayView, type MoveState, type UiStore } from './state.ts';
 import type { LocalCommand, LocalReplies, UiPush } from '../shared/local-api.ts';
 import type { SiteRole } from '../shared/migration.ts';
 import type { PlacementMode } from '../shared/placement.ts';
+import type { ConfigPatch } from '../shared/config.ts';
 
 /** The selected VM's latest decision is re-read this often; its decision log and history less often. */
 const PLACEMENT_EVERY_MS = 1_000;
@@ -15,16 +16,20 @@ const SETTLE_MS = 2_000;
 
 export class Controller {
   readonly store: UiStore = createUiStore();
-  readonly #api: ApiClient;
+  readonly #api: AgentTransport;
   #errorId = 0;
   #timers: ReturnType<typeof setInterval>[] = [];
   /** Placement modes being set (the user's choice, until the agent answers). */
   #modeSetting = new Map<string, PlacementMode>();
   /** VMs that had a move under way at the last status push, with its destination. */
   #moving = new Map<string, SiteRole>();
+  /** The transport pushes the settings (the agent's WebSocket); without (the Electron shell polls), they are read with the status. */
+  #configPushed = false;
+  #configReadAt = 0;
 
-  constructor(apiUrl: string) {
-    this.#api = new ApiClient(apiUrl, {
+  /** `openTransport`: the browser's WebSocket or the Electron shell's bridge (main.tsx picks). */
+  constructor(openTransport: TransportFactory) {
+    this.#api = openTransport({
       push: (push) => this.#onPush(push),
       connection: (state, detail) => {
         this.store.setState({ connection: { state, ...(detail ? { detail } : {}) } });
@@ -103,6 +108,29 @@ export class Controller {
     }
   }
 
+  /** Saves settings (a merge patch the Settings form validated); true when the agent took them. */
+  async saveConfig(patch: ConfigPatch): Promise<boolean> {
+    try {
+      const config = await this.#api.request({ cmd: 'config-set', patch });
+      this.store.setState({ config });
+      return true;
+    } catch (error) {
+      this.#failed('Save settings', error);
+      return false;
+    }
+  }
+
+  /** Pairs the edge with a core (the Settings panel's form); true when it worked. */
+  async pair(url: string, token: string, fingerprint: string | undefined): Promise<boolean> {
+    try {
+      await this.#api.request({ cmd: 'pair', url, token, ...(fingerprint ? { fingerprint } : {}) });
+      return true;
+    } catch (error) {
+      this.#failed('Pair', error);
+      return false;
+    }
+  }
+
   dismissError(id: number): void {
     this.store.setState((s) => ({ errors: s.errors.filter((e) => e.id !== id) }));
   }
@@ -143,6 +171,15 @@ export class Controller {
     if (push.push === 'samples') {
       this.store.setState((s) => ({ samples: { ...s.samples, [push.vm]: appendSamples(s.samples[push.vm] ?? [], push.samples, Date.now()) } }));
       return;
+    }
+    if (push.push === 'config') {
+      this.#configPushed = true;
+      this.store.setState({ config: push.config });
+      return;
+    }
+    if (!this.#configPushed && Date.now() - this.#configReadAt >= LOGS_EVERY_MS) {
+      this.#configReadAt = Date.now();
+      void this.#refreshConfig();
     }
     const { status } = push;
     const names = status.vms.map((v) => v.name);
@@ -198,6 +235,11 @@ export class Controller {
       ...(history ? { history: { ...s.history, [vm]: history } } : {}),
       ...(decisions ? { decisions: { ...s.decisions, [vm]: decisions.map((d) => d.decision) } } : {}),
     }));
+  }
+
+  async #refreshConfig(): Promise<void> {
+    const config = await this.#quiet({ cmd: 'config' });
+    if (config !== undefined) this.store.setState({ config });
   }
 
   /** A background read: a dropped connection is shown by the connection line, not as an error. */

@@ -2,6 +2,7 @@
 // agent's replies and pushes; React components only read it, through `useUi` (hooks.ts).
 import { createStore } from 'zustand/vanilla';
 import type { AgentStatus, DisplayReply, PlacementReply } from '../shared/local-api.ts';
+import type { ConfigReply } from '../shared/config.ts';
 import type { MigrationProgress, MigrationRecord, SiteRole } from '../shared/migration.ts';
 import type { InteractionSample, PlacementDecision } from '../shared/placement.ts';
 import type { ConnectionState } from './api.ts';
@@ -53,6 +54,8 @@ export interface UiState {
    * than flash the old site between the move's end and the agent's next look at where VMs run.
    */
   settling: Record<string, SiteRole | undefined>;
+  /** The edge agent's settings as last pushed: the settings in force and, when config.json is invalid, why. */
+  config: ConfigReply | undefined;
   errors: UiError[];
 }
 
@@ -71,6 +74,7 @@ export function createUiStore() {
     display: {},
     displayView: {},
     settling: {},
+    config: undefined,
     errors: [],
   }));
 }

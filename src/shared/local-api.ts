@@ -5,6 +5,7 @@ import { safeId } from './vm-spec.ts';
 import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
 import { displayStatusSchema } from './display.ts';
 import { PLACEMENT_MODES, interactionSampleSchema, type InteractionSample, type PlacementDecision, type PlacementMode } from './placement.ts';
+import { configReplySchema, type ConfigReply } from './config.ts';
 
 
 export const localCommandSchema = z.discriminatedUnion('cmd', [
@@ -39,6 +40,13 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
   z.object({ cmd: z.literal('decisions'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
   /** Where the edge agent serves the app in a browser: a loopback URL with the run's token. */
   z.object({ cmd: z.literal('ui') }),
+  /** The edge agent's settings (config.json): its path, the settings in force and, when the file is invalid, why. */
+  z.object({ cmd: z.literal('config') }),
+  /**
+   * Changes settings: a JSON merge patch (`null` removes a setting), checked field by field against
+   * src/shared/config.ts — an invalid one fails with code `invalid-config` and writes nothing.
+   */
+  z.object({ cmd: z.literal('config-set'), patch: z.record(z.string(), z.unknown()) }),
 ]);
 export type LocalCommand = z.infer<typeof localCommandSchema>;
 
@@ -94,6 +102,8 @@ export interface LocalReplies {
   samples: InteractionSample[];
   decisions: { vm: string; decision: PlacementDecision }[];
   ui: UiReply;
+  config: ConfigReply;
+  'config-set': ConfigReply;
 }
 
 export const uiReplySchema = z.object({ url: z.string() });
@@ -140,10 +150,12 @@ export function parseLocalRequest(data: unknown): { id: number; command: LocalCo
 
 /**
  * What the edge agent pushes to the app over its WebSocket (`/api`), besides replies and progress:
- * the agent's status whenever its store changes, and each VM's new interaction samples every second.
+ * the agent's status whenever its store changes, each VM's new interaction samples every second, and
+ * the settings whenever they (or the file's validity, or the pairing) change.
  */
 export const uiPushSchema = z.discriminatedUnion('push', [
   z.object({ push: z.literal('status'), status: agentStatusSchema }),
   z.object({ push: z.literal('samples'), vm: z.string(), samples: z.array(interactionSampleSchema) }),
+  z.object({ push: z.literal('config'), config: configReplySchema }),
 ]);
 export type UiPush = z.infer<typeof uiPushSchema>;

@@ -22,8 +22,9 @@ export interface AgentProcess {
   log: string[];
 }
 
-function startAgent(role: 'edge' | 'core', dataDir: string, args: string[]): AgentProcess {
-  const child = spawn(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'src', 'main', 'cli.ts'), '--data', dataDir, 'agent', '--role', role, ...args], {
+/** `configPath`: the agent's settings file, never the user's own (~/.config/snowbird/config.json). */
+function startAgent(role: 'edge' | 'core', dataDir: string, configPath: string, args: string[]): AgentProcess {
+  const child = spawn(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'src', 'main', 'cli.ts'), '--data', dataDir, '--config', configPath, 'agent', '--role', role, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const agent: AgentProcess = { role, dataDir, child, log: [] };
@@ -56,6 +57,11 @@ export class AgentPair {
     this.#autoPlacement = autoPlacement;
   }
 
+  /** The edge agent's settings file (it need not exist: no settings). */
+  get configPath(): string {
+    return join(this.root, 'config.json');
+  }
+
   get edgeLibrary(): VmLibrary {
     return new VmLibrary(join(this.root, 'edge'));
   }
@@ -83,14 +89,14 @@ export class AgentPair {
 
   /** (Re)starts the edge agent on its data directory and waits for its local API. */
   async startEdge(): Promise<void> {
-    this.edge = startAgent('edge', join(this.root, 'edge'), this.#autoPlacement ? [] : ['--no-auto-placement']);
+    this.edge = startAgent('edge', join(this.root, 'edge'), this.configPath, this.#autoPlacement ? [] : ['--no-auto-placement']);
     await waitFor('the edge agent', () => LocalApiClient.connect(localApiSocket(join(this.root, 'edge'))).then((c) => (c.close(), true), () => undefined));
   }
 
   /** (Re)starts the core agent on the same data directory; the first start reads its pairing line. */
   async startCore(): Promise<void> {
     const first = this.coreAddress === '';
-    this.core = startAgent('core', join(this.root, 'core'), ['--listen', first ? '127.0.0.1:0' : this.coreAddress]);
+    this.core = startAgent('core', join(this.root, 'core'), this.configPath, ['--listen', first ? '127.0.0.1:0' : this.coreAddress]);
     this.coreAddress = await waitFor('the core to listen', () => {
       for (const line of this.core.log) {
         const m = /"event":"listening","address":"([^"]+)","fingerprint":"([^"]+)"/.exec(line);

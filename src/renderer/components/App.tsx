@@ -1,11 +1,13 @@
-// The page: the agent and its link to the cloud, the VM selector (when there are several), errors,
-// then for the selected VM its screen, where it runs, placement, live plots, decisions and history.
+// The page: the agent and its link to the cloud, the VM selector (when there are several), errors
+// (and config.json's, while it is invalid), then for the selected VM its screen, where it runs,
+// placement, live plots, decisions and history; the settings last.
 import { useController, useUi } from '../hooks.ts';
 import { Display } from './Display.tsx';
 import { MovePanel } from './MovePanel.tsx';
 import { DecisionLog, PlacementPanel } from './PlacementPanel.tsx';
 import { Plots } from './Plots.tsx';
 import { HistoryTable } from './HistoryTable.tsx';
+import { ConfigBanner, Settings } from './Settings.tsx';
 import { formatClock } from '../format.ts';
 import { locationOf } from '../state.ts';
 
@@ -16,6 +18,7 @@ export function App() {
     <>
       <Header />
       <Errors />
+      <ConfigBanner />
       {!hasStatus ? (
         <p className="muted centered">Connecting to the snowbird agent…</p>
       ) : selected === undefined ? (
@@ -37,6 +40,11 @@ export function App() {
             <DecisionLog vm={selected} />
           </div>
         </main>
+      )}
+      {hasStatus && (
+        <div className="settings-area">
+          <Settings />
+        </div>
       )}
     </>
   );

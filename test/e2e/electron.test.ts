@@ -1,0 +1,167 @@
+// The Electron shell end to end: two real agents (test/support/agents.ts) with the demo guest at the
+// edge, and the built shell (dist/electron/, built here; dist/ui/ from `npm run build:ui`) launched
+// through playwright-core's Electron driver against the edge agent's data directory. The window loads
+// the app from app://snowbird/ with the secure settings (no Node in the page, only `window.snowbird`),
+// cannot navigate, open windows or fetch beyond the CSP, shows the VM's badge, screen and samples
+// through the IPC bridge, and a move started from it reaches the cloud.
+//
+// Runs only where the Electron binary is present: Electron downloads it on first launch, and these
+// machines have no network. It is found as node_modules/electron/index.js finds it, minus the download.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { _electron as electron, type ElectronApplication, type Page } from 'playwright-core';
+import { AgentPair } from '../support/agents.ts';
+import { REPO_ROOT, waitForHeartbeats } from '../support/fixtures.ts';
+import { canvasSnapshot, waitUntil } from '../support/display.ts';
+import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+
+const RESULTS = join(REPO_ROOT, 'test-results');
+const APP_URL = 'app://snowbird/index.html';
+const VM = 'shellvm';
+
+/** The Electron binary if it is installed; never downloads it (requiring `electron` would). */
+function electronBinary(): string | undefined {
+  const pkg = join(REPO_ROOT, 'node_modules', 'electron');
+  const pathFile = join(pkg, 'path.txt');
+  const name = existsSync(pathFile) ? readFileSync(pathFile, 'utf8').trim() : undefined;
+  const override = process.env['ELECTRON_OVERRIDE_DIST_PATH'];
+  const binary = override ? join(override, name ?? 'electron') : name === undefined ? undefined : join(pkg, 'dist', name);
+  return binary !== undefined && existsSync(binary) ? binary : undefined;
+}
+
+const SKIP = electronBinary() === undefined
+  ? 'no Electron binary (node_modules/electron/path.txt and dist/ are absent, ELECTRON_OVERRIDE_DIST_PATH is unset): Electron '
+    + 'downloads it on first launch, which this machine cannot do (no network). On a machine with network, `npx electron --version` fetches it.'
+  : false;
+
+function run(script: string): void {
+  const r = spawnSync(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'scripts', script)], { cwd: REPO_ROOT, encoding: 'utf8' });
+  assert.equal(r.status, 0, `${script}: ${r.stdout}${r.stderr}`);
+}
+
+async function bootVm(pair: AgentPair, vm: string): Promise<void> {
+  await pair.createVmAtEdge(vm);
+  const channel = await GuestChannel.connect(vm, pair.edgeLibrary.paths(vm).control, { retryUntilMs: 10_000 });
+  try {
+    await waitForHeartbeats(channel, 1, 90_000);
+  } finally {
+    channel.close();
+  }
+}
+
+const attr = (page: Page, testId: string, name: string): Promise<string | null> =>
+  page.getByTestId(testId).first().getAttribute(name, { timeout: 5_000 }).catch(() => null);
+
+describe('the Electron shell: the app in its own window, over the local API', { skip: SKIP, timeout: 15 * 60_000 }, () => {
+  let pair: AgentPair | undefined;
+  let shell: ElectronApplication | undefined;
+  let page: Page;
+  let configDir: string | undefined;
+  const mainLog: string[] = [];
+  /** What the page must not show: page errors, CSP refusals (except the one a test provokes). */
+  const problems: string[] = [];
+  const refusals: string[] = [];
+
+  before(async () => {
+    await mkdir(RESULTS, { recursive: true });
+    if (!existsSync(join(REPO_ROOT, 'dist', 'ui', 'index.html'))) run('build-ui.ts');
+    run('build-electron.ts');
+    pair = await AgentPair.start();
+    await bootVm(pair, VM);
+    // Electron keeps its profile under $XDG_CONFIG_HOME: a scratch one, not the user's.
+    configDir = await mkdtemp(join(tmpdir(), 'sb-electron-'));
+    const env: Record<string, string> = {};
+    for (const [key, value] of Object.entries(process.env)) if (value !== undefined) env[key] = value;
+    Object.assign(env, { SNOWBIRD_DATA: pair.edgeLibrary.dataDir, XDG_CONFIG_HOME: configDir });
+    const headless = !process.env['DISPLAY'] && !process.env['WAYLAND_DISPLAY'];
+    // No executablePath: playwright then requires `electron`, which finds the binary electronBinary() found, without a download.
+    shell = await electron.launch({
+      args: [...(headless ? ['--ozone-platform=headless'] : []), join(REPO_ROOT, 'dist', 'electron', 'main.js')],
+      env,
+      timeout: 60_000,
+    });
+    shell.process().stderr?.on('data', (chunk: Buffer) => mainLog.push(...chunk.toString().split('\n').filter(Boolean)));
+    page = await shell.firstWindow();
+    page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
+    page.on('console', (message) => {
+      if (message.type() === 'error' && /Content.Security.Policy|Refused to/i.test(message.text())) refusals.push(message.text());
+    });
+  });
+
+  after(async () => {
+    await shell?.close().catch(() => undefined);
+    await pair?.dispose();
+    if (configDir !== undefined) await rm(configDir, { recursive: true, force: true });
+  });
+
+  test('the window loads the app from its own origin, sandboxed and isolated, with only the bridge exposed', async () => {
+    assert.ok(shell !== undefined);
+    await page.waitForLoadState('domcontentloaded');
+    assert.equal(page.url(), APP_URL);
+    // What the window was made with: Electron's getLastWebPreferences, present at run time though no longer typed.
+    const preferences = await shell.evaluate(({ BrowserWindow }) => {
+      const contents = BrowserWindow.getAllWindows()[0]?.webContents;
+      const read: unknown = contents && Reflect.get(contents, 'getLastWebPreferences');
+      if (typeof read !== 'function') throw new Error('this Electron has no webContents.getLastWebPreferences: check the window\'s settings another way');
+      const p = Reflect.apply(read, contents, []) as Record<string, unknown>;
+      return { contextIsolation: p['contextIsolation'], sandbox: p['sandbox'], nodeIntegration: p['nodeIntegration'], webSecurity: p['webSecurity'] };
+    });
+    assert.deepEqual(preferences, { contextIsolation: true, sandbox: true, nodeIntegration: false, webSecurity: true });
+    // No Node in the page; and contextBridge, which works only with contextIsolation, exposed exactly the bridge.
+    const globals = await page.evaluate(`({
+      require: typeof require, process: typeof process, module: typeof module, buffer: typeof Buffer,
+      bridge: Object.keys(window.snowbird ?? {}).sort(),
+    })`);
+    assert.deepEqual(globals, { require: 'undefined', process: 'undefined', module: 'undefined', buffer: 'undefined', bridge: ['onConnection', 'onPush', 'request'] });
+  });
+
+  test('the main process checks every command, as the agent\'s other transports do', async () => {
+    const unknown = (await page.evaluate(`window.snowbird.request({ cmd: 'launch-missiles' })`)) as { ok: boolean; error?: { code: string } };
+    assert.equal(unknown.ok, false);
+    assert.equal(unknown.error?.code, 'unknown-command');
+    const invalid = (await page.evaluate(`window.snowbird.request({ cmd: 'migrate', vm: '../etc', to: 'core' })`)) as { ok: boolean; error?: { code: string } };
+    assert.equal(invalid.ok, false);
+    assert.equal(invalid.error?.code, 'invalid');
+    const status = (await page.evaluate(`window.snowbird.request({ cmd: 'status' })`)) as { ok: boolean; result?: { role: string; vms: { name: string }[] } };
+    assert.equal(status.ok, true);
+    assert.equal(status.result?.role, 'edge');
+    assert.deepEqual(status.result?.vms.map((v) => v.name), [VM]);
+  });
+
+  test('the window shows the VM on the laptop, its screen and its samples', async () => {
+    await waitUntil('the agent connection', async () => (await attr(page, 'connection', 'data-state')) === 'open', 60_000);
+    await waitUntil('the location badge to say edge', async () => (await attr(page, 'location', 'data-location')) === 'edge', 30_000);
+    await waitUntil('noVNC to connect', async () => (await attr(page, 'display-state', 'data-state')) === 'connected', 30_000);
+    await waitUntil('the console on the screen', async () => ((await canvasSnapshot(page))?.lit ?? 0) > 2000, 30_000);
+    await waitUntil('some samples in the plots', async () => Number(await attr(page, 'plots', 'data-samples')) > 5, 30_000);
+    await page.screenshot({ path: join(RESULTS, 'electron-edge.png') });
+    assert.deepEqual(problems, []);
+    assert.deepEqual(refusals, []);
+    // The shell found the test's agent and did not start one of its own.
+    assert.ok(!mainLog.some((line) => /started an edge agent/.test(line)), mainLog.join('\n'));
+  });
+
+  test('the page cannot navigate away, open windows or connect beyond the CSP', async () => {
+    assert.equal(await page.evaluate(`window.open('https://example.com/') === null`), true);
+    await page.evaluate(`location.href = 'https://example.com/'`);
+    await sleep(1_000);
+    assert.equal(page.url(), APP_URL);
+    assert.equal(await page.evaluate(`fetch('http://127.0.0.1:9/').then(() => 'fetched', (error) => error.name)`), 'TypeError');
+    await waitUntil('the CSP refusal in the console', () => refusals.some((r) => /connect-src/.test(r) && r.includes('127.0.0.1:9')), 5_000);
+  });
+
+  test('Send to cloud from the window: the badge follows the move to the core', async () => {
+    await page.getByTestId('send-to-cloud').click();
+    await waitUntil('the badge to say moving', async () => (await attr(page, 'location', 'data-location')) === 'moving', 20_000, 50);
+    await waitUntil('the badge to say core', async () => (await attr(page, 'location', 'data-location')) === 'core', 5 * 60_000, 200);
+    assert.equal(await attr(page, 'display-state', 'data-state'), 'connected');
+    await page.screenshot({ path: join(RESULTS, 'electron-core.png') });
+    assert.deepEqual(problems, []);
+  });
+});
