@@ -5,6 +5,7 @@
 import { protocol } from 'electron';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize, sep } from 'node:path';
+import { contentTypeOf } from '../src/shared/app-files.ts';
 
 export const APP_SCHEME = 'app';
 export const APP_HOST = 'snowbird';
@@ -36,16 +37,6 @@ const SECURITY_HEADERS: Record<string, string> = {
   'x-content-type-options': 'nosniff',
   'referrer-policy': 'no-referrer',
   'cache-control': 'no-store',
-};
-
-const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.map': 'application/json',
-  '.txt': 'text/plain; charset=utf-8',
-  '.png': 'image/png',
-  '.svg': 'image/svg+xml',
 };
 
 /**
@@ -80,7 +71,7 @@ export function serveApp(root: string): void {
     }
     return new Response(request.method === 'HEAD' ? null : new Uint8Array(body), {
       status: 200,
-      headers: { ...SECURITY_HEADERS, 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' },
+      headers: { ...SECURITY_HEADERS, 'content-type': contentTypeOf(extname(file)) },
     });
   });
 }

@@ -20,6 +20,7 @@ import type { ConfigReply } from '../shared/config.ts';
 import type { InteractionSample } from '../shared/placement.ts';
 import { MAX_LOCAL_MESSAGE, type LocalHandler } from './local-api/server.ts';
 import { statusOf, type AgentStore } from './store.ts';
+import { contentTypeOf } from '../shared/app-files.ts';
 
 /** Where `npm run build:ui` (scripts/build-ui.ts) puts the renderer. */
 export const DEFAULT_UI_ROOT = resolve(import.meta.dirname, '..', '..', 'dist', 'ui');
@@ -48,17 +49,6 @@ export interface UiServerOptions {
   /** A new connection first gets this much of each VM's past samples. Default 5 min. */
   sampleBackfillMs?: number;
 }
-
-const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.map': 'application/json',
-  '.txt': 'text/plain; charset=utf-8',
-  '.png': 'image/png',
-  '.svg': 'image/svg+xml',
-  '.ico': 'image/x-icon',
-};
 
 /** A client whose unsent bytes exceed this gets no pushes until it catches up (its sample cursors wait). */
 const PUSH_HIGH_WATER = 4 * 1024 * 1024;
@@ -226,7 +216,7 @@ export class UiServer {
     }
     res.writeHead(200, {
       ...SECURITY_HEADERS,
-      'content-type': TYPES[extname(file)] ?? 'application/octet-stream',
+      'content-type': contentTypeOf(extname(file)),
       'content-length': body.length,
       'cache-control': 'no-store',
     });

@@ -11,9 +11,8 @@ import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT, runCli, waitForHeartbeats } from '../support/fixtures.ts';
+import { REPO_ROOT, runCli } from '../support/fixtures.ts';
 import { waitUntil } from '../support/display.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { configReplySchema } from '../../src/shared/config.ts';
 
 const RESULTS = join(REPO_ROOT, 'test-results');
@@ -44,12 +43,7 @@ describe('the settings file and the app\'s Settings panel', { timeout: 15 * 60_0
     await mkdir(RESULTS, { recursive: true });
     pair = await AgentPair.start();
     await pair.createVmAtEdge(VM);
-    const channel = await GuestChannel.connect(VM, pair.edgeLibrary.paths(VM).control, { retryUntilMs: 10_000 });
-    try {
-      await waitForHeartbeats(channel, 1, 90_000);
-    } finally {
-      channel.close();
-    }
+    await pair.waitGuestReady(VM);
     const open = await cli('open', '--no-browser');
     assert.equal(open.code, 0, open.stderr);
     browser = await chromium.launch({

@@ -17,9 +17,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { _electron as electron, type ElectronApplication, type Page } from 'playwright-core';
 import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT, waitForHeartbeats } from '../support/fixtures.ts';
+import { REPO_ROOT } from '../support/fixtures.ts';
 import { canvasSnapshot, waitUntil } from '../support/display.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 
 const RESULTS = join(REPO_ROOT, 'test-results');
 const APP_URL = 'app://snowbird/index.html';
@@ -45,16 +44,6 @@ function run(script: string): void {
   assert.equal(r.status, 0, `${script}: ${r.stdout}${r.stderr}`);
 }
 
-async function bootVm(pair: AgentPair, vm: string): Promise<void> {
-  await pair.createVmAtEdge(vm);
-  const channel = await GuestChannel.connect(vm, pair.edgeLibrary.paths(vm).control, { retryUntilMs: 10_000 });
-  try {
-    await waitForHeartbeats(channel, 1, 90_000);
-  } finally {
-    channel.close();
-  }
-}
-
 const attr = (page: Page, testId: string, name: string): Promise<string | null> =>
   page.getByTestId(testId).first().getAttribute(name, { timeout: 5_000 }).catch(() => null);
 
@@ -73,7 +62,8 @@ describe('the Electron shell: the app in its own window, over the local API', { 
     if (!existsSync(join(REPO_ROOT, 'dist', 'ui', 'index.html'))) run('build-ui.ts');
     run('build-electron.ts');
     pair = await AgentPair.start();
-    await bootVm(pair, VM);
+    await pair.createVmAtEdge(VM);
+    await pair.waitGuestReady(VM);
     // Electron keeps its profile under $XDG_CONFIG_HOME: a scratch one, not the user's.
     configDir = await mkdtemp(join(tmpdir(), 'sb-electron-'));
     const env: Record<string, string> = {};

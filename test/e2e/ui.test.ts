@@ -13,9 +13,8 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { WebSocket } from 'ws';
 import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT, runCli, waitForHeartbeats } from '../support/fixtures.ts';
+import { REPO_ROOT, runCli } from '../support/fixtures.ts';
 import { canvasSnapshot, serialLog, waitUntil } from '../support/display.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import type { VmPaths } from '../../src/migrator/qemu/common/spec.ts';
 import { agentStatusSchema, localResponseSchema, uiPushSchema } from '../../src/shared/local-api.ts';
 
@@ -33,16 +32,6 @@ async function uiUrl(pair: AgentPair): Promise<string> {
   const r = await runCli(['--data', pair.edgeLibrary.dataDir, 'open', '--no-browser']);
   assert.equal(r.code, 0, r.stderr);
   return r.stdout.trim();
-}
-
-async function bootVm(pair: AgentPair, vm: string): Promise<void> {
-  await pair.createVmAtEdge(vm);
-  const channel = await GuestChannel.connect(vm, pair.edgeLibrary.paths(vm).control, { retryUntilMs: 10_000 });
-  try {
-    await waitForHeartbeats(channel, 1, 90_000);
-  } finally {
-    channel.close();
-  }
 }
 
 /** Opens the page and records what a test must not see: CSP violations, page errors. */
@@ -122,7 +111,8 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
   before(async () => {
     await mkdir(RESULTS, { recursive: true });
     pair = await AgentPair.start();
-    await bootVm(pair, VM);
+    await pair.createVmAtEdge(VM);
+    await pair.waitGuestReady(VM);
     url = await uiUrl(pair);
     browser = await launchChromium();
   });
@@ -289,7 +279,8 @@ describe('the app in auto mode: a crunch goes to the cloud, and the decision log
 
   before(async () => {
     pair = await AgentPair.start({ autoPlacement: true });
-    await bootVm(pair, AUTO_VM);
+    await pair.createVmAtEdge(AUTO_VM);
+    await pair.waitGuestReady(AUTO_VM);
     // A quiet guest: its integrity workloads would read as a crunch of their own.
     await pair.guestCommand(AUTO_VM, { type: 'mem-stop' });
     await pair.guestCommand(AUTO_VM, { type: 'disk-stop' });
