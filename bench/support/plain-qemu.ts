@@ -78,6 +78,11 @@ export interface PlainTripOptions {
   cleanup: Cleanup;
   log: (line: string) => void;
   label: string;
+  /**
+   * Where the source sends its migration stream, when not straight to the destination's incoming
+   * address (`tcp:TO:PORT`): e.g. a tap that forwards it there (bench/support/stream-tap.ts).
+   */
+  migrateUri?: string;
 }
 
 export interface PlainTrip {
@@ -169,7 +174,7 @@ export async function plainMigrate(source: PlainVm, to: PlainSite, o: PlainTripO
   };
   src.on('event', onEvent);
   const tMigrate = Date.now();
-  await src.execute('migrate', { uri: `tcp:${to.address}:${o.ports.migration}` });
+  await src.execute('migrate', { uri: o.migrateUri ?? `tcp:${to.address}:${o.ports.migration}` });
   let info: MigrationInfo = {};
   lastLog = Date.now();
   const reached = await waitUntil('the migration to converge', o.memoryTimeoutMs + 60_000, async () => {

@@ -95,7 +95,8 @@ export class SnowbirdSites {
   }
 
   #startAgent(role: 'edge' | 'core', dataDir: string, prefix: string[], args: string[]): Agent {
-    const [command, ...rest] = [...prefix, NODE, CLI, '--data', dataDir, 'agent', '--role', role, ...args] as [string, ...string[]];
+    // Its own settings file (none: the defaults), never the user's.
+    const [command, ...rest] = [...prefix, NODE, CLI, '--data', dataDir, '--config', join(dataDir, 'config.json'), 'agent', '--role', role, ...args] as [string, ...string[]];
     // `ip netns exec` execs the command in place, so the child's pid is the agent's.
     const child = spawn(command, rest, { stdio: ['ignore', 'pipe', 'pipe'] });
     const agent: Agent = { role, dataDir, child, log: [], logTimes: [] };

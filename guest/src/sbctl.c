@@ -17,7 +17,8 @@
  *
  * Commands (host -> guest), one per line:
  *   ping | mem start [MIB] | mem stop | disk start [BLOCKS] | disk stop |
- *   corrupt-mem | crunch SECONDS | crunch --work N | poweroff
+ *   corrupt-mem | crunch SECONDS | crunch --work N | poweroff |
+ *   fill MIB | fill change PERCENT | fill check
  * Every command gets {"type":"ack","cmd":...,"ok":...,"detail":...};
  * a crunch also says {"type":"crunch-done",...} when it ends (crunch.c);
  * ping is also answered with {"type":"pong","uptime_ms":N,"mem":S,"disk":S} (before its ack),
@@ -27,6 +28,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/reboot.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -227,6 +229,112 @@ static void crunch(const char *a1, const char *a2)
 	ack("crunch", 1, detail);
 }
 
+/* The fill region, for benchmarks (bench/dedup.ts): memory that holds
+ * non-zero data and stays put, of which the host changes a chosen share.
+ *   fill MIB             map MIB here (replacing an earlier fill) and fill it
+ *   fill change PERCENT  give that share of its pages new data: a
+ *                        spread-out pseudo-random selection, the same
+ *                        pages for the same PERCENT (comparable runs)
+ *   fill check           regenerate every page and compare
+ * A page's bytes follow from its index and generation: a quarter of the
+ * pages are "text" (5 random bits a byte), a quarter sparse (one random
+ * word in eight), half random, so it compresses about like real memory.
+ * Synchronous: the ack says the work is done. MADV_DONTFORK keeps it out
+ * of the children sbctl forks. */
+#define FILL_PAGE 4096
+static unsigned char *fill_mem;
+static size_t fill_pages;
+static uint32_t *fill_gen;
+
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static void fill_render(size_t i, uint64_t *w)
+{
+	uint64_t s = mix64(((uint64_t)i << 32) ^ fill_gen[i] ^ 0x5b1df111ull);
+	unsigned kind = (unsigned)(s >> 60) & 3;
+	for (size_t k = 0; k < FILL_PAGE / 8; k++) {
+		uint64_t z = mix64(s += 0x9e3779b97f4a7c15ull);
+		if (kind == 2)
+			z = (z & 0x1f1f1f1f1f1f1f1full) | 0x4040404040404040ull;
+		else if (kind == 3 && (k & 7) != 0)
+			z = 0;
+		w[k] = z;
+	}
+}
+
+static void fill(const char *a1, const char *a2, int argc)
+{
+	char detail[160];
+	uint64_t n;
+	if (a1 && strcmp(a1, "change") == 0 && argc == 3) {
+		if (sb_parse_u64(a2, &n) != 0 || n > 100) {
+			ack("fill change", 0, "usage: fill change PERCENT (0..100)");
+		} else if (!fill_mem) {
+			ack("fill change", 0, "no fill (fill MIB first)");
+		} else {
+			size_t changed = 0;
+			for (size_t i = 0; i < fill_pages; i++) {
+				if (mix64((uint64_t)i ^ 0xc4a26eull) % 100 >= n)
+					continue;
+				fill_gen[i]++;
+				fill_render(i, (uint64_t *)(fill_mem + i * FILL_PAGE));
+				changed++;
+			}
+			snprintf(detail, sizeof detail, "changed %zu of %zu pages", changed, fill_pages);
+			ack("fill change", 1, detail);
+		}
+	} else if (a1 && strcmp(a1, "check") == 0 && argc == 2) {
+		uint64_t want[FILL_PAGE / 8];
+		size_t bad = 0, first = 0;
+		for (size_t i = 0; i < fill_pages; i++) {
+			fill_render(i, want);
+			if (memcmp(want, fill_mem + i * FILL_PAGE, FILL_PAGE) != 0 && bad++ == 0)
+				first = i;
+		}
+		if (bad)
+			snprintf(detail, sizeof detail, "%zu of %zu pages differ (first: page %zu)", bad, fill_pages, first);
+		else
+			snprintf(detail, sizeof detail, "%zu pages ok", fill_pages);
+		ack("fill check", bad == 0 && fill_mem, fill_mem ? detail : "no fill (fill MIB first)");
+	} else if (argc == 2 && sb_parse_u64(a1, &n) == 0 && n > 0 && n < (1ull << 20)) {
+		if (fill_mem) {
+			munmap(fill_mem, fill_pages * FILL_PAGE);
+			free(fill_gen);
+			fill_mem = NULL;
+			fill_gen = NULL;
+			fill_pages = 0;
+		}
+		size_t pages = (size_t)(n << 20) / FILL_PAGE;
+		void *m = mmap(NULL, pages * FILL_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		uint32_t *gen = calloc(pages, sizeof *gen);
+		if (m == MAP_FAILED || !gen) {
+			snprintf(detail, sizeof detail, "%llu MiB: %s", (unsigned long long)n, strerror(errno));
+			if (m != MAP_FAILED)
+				munmap(m, pages * FILL_PAGE);
+			free(gen);
+			ack("fill", 0, detail);
+			return;
+		}
+		madvise(m, pages * FILL_PAGE, MADV_DONTFORK);
+		fill_mem = m;
+		fill_gen = gen;
+		fill_pages = pages;
+		for (size_t i = 0; i < pages; i++)
+			fill_render(i, (uint64_t *)(fill_mem + i * FILL_PAGE));
+		snprintf(detail, sizeof detail, "%llu MiB, %zu pages", (unsigned long long)n, pages);
+		ack("fill", 1, detail);
+	} else {
+		ack("fill", 0, "usage: fill MIB | fill change PERCENT | fill check");
+	}
+}
+
 static void poweroff(void)
 {
 	char detail[128];
@@ -285,6 +393,8 @@ static void command(char *line)
 		}
 	} else if (strcmp(a0, "crunch") == 0 && argc <= 3) {
 		crunch(a1, argv[2]);
+	} else if (strcmp(a0, "fill") == 0 && argc >= 2 && argc <= 3) {
+		fill(a1, argv[2], argc);
 	} else if (strcmp(a0, "poweroff") == 0 && argc == 1) {
 		poweroff();
 	} else {

@@ -4,8 +4,9 @@
 // host -> guest: one command per line, plain words (see GuestCommand / formatGuestCommand); every
 // command is answered with an `ack` whose `cmd` is ackName(command), and `ping` also with a `pong`.
 //
-// The guest side is guest/src/sbctl.c (commands, ready, ack, pong), guest/src/sbmem.c and
-// guest/src/sbdisk.c (heartbeats, violations), guest/src/crunch.c (crunch-done). Pure: no I/O, usable from any runtime.
+// The guest side is guest/src/sbctl.c (commands, ready, ack, pong; the benchmarks' fill region),
+// guest/src/sbmem.c and guest/src/sbdisk.c (heartbeats, violations), guest/src/crunch.c (crunch-done).
+// Pure: no I/O, usable from any runtime.
 import { z } from 'zod';
 
 const count = z.number().int().nonnegative();
@@ -193,6 +194,15 @@ export type GuestCommand =
   | { type: 'crunch'; seconds: number; work?: never }
   /** Runs `crunch --work N` (a fixed amount of computation, however long it takes) likewise. */
   | { type: 'crunch'; work: number; seconds?: never }
+  /**
+   * Benchmarks: maps `mib` MiB in the control agent and fills it with non-zero data that stays put
+   * (replacing an earlier fill); acked when done. Each page's bytes follow from its index and generation.
+   */
+  | { type: 'fill'; mib: number }
+  /** Gives `percent` % of the fill's pages new data (a spread-out pseudo-random selection, the same pages for the same percent); acked when done. */
+  | { type: 'fill-change'; percent: number }
+  /** Regenerates every page of the fill and compares: the ack is ok only if all hold what was last written. */
+  | { type: 'fill-check' }
   /** Acked first; then the guest stops sbdisk, syncs and powers off (QEMU exits). */
   | { type: 'poweroff' };
 
@@ -207,6 +217,10 @@ export function ackName(cmd: GuestCommand): string {
       return 'disk start';
     case 'disk-stop':
       return 'disk stop';
+    case 'fill-change':
+      return 'fill change';
+    case 'fill-check':
+      return 'fill check';
     default:
       return cmd.type;
   }
@@ -224,12 +238,18 @@ export function formatGuestCommand(cmd: GuestCommand): string {
       return cmd.mib === undefined ? 'mem start' : `mem start ${positiveInt('mib', cmd.mib)}`;
     case 'disk-start':
       return cmd.blocks === undefined ? 'disk start' : `disk start ${positiveInt('blocks', cmd.blocks)}`;
+    case 'fill':
+      return `fill ${positiveInt('mib', cmd.mib, 1_048_575)}`;
+    case 'fill-change':
+      if (!Number.isSafeInteger(cmd.percent) || cmd.percent < 0 || cmd.percent > 100) throw new RangeError(`percent must be an integer from 0 to 100, got ${cmd.percent}`);
+      return `fill change ${cmd.percent}`;
     case 'crunch':
       return cmd.work === undefined ? `crunch ${positiveInt('seconds', cmd.seconds, MAX_CRUNCH_SECONDS)}` : `crunch --work ${positiveInt('work', cmd.work, MAX_CRUNCH_WORK)}`;
     case 'ping':
     case 'mem-stop':
     case 'disk-stop':
     case 'corrupt-mem':
+    case 'fill-check':
     case 'poweroff':
       return ackName(cmd);
   }

@@ -112,6 +112,10 @@ test('formats every command as the guest reads it', () => {
     [{ type: 'corrupt-mem' }, 'corrupt-mem'],
     [{ type: 'crunch', seconds: 30 }, 'crunch 30'],
     [{ type: 'crunch', work: 40_000 }, 'crunch --work 40000'],
+    [{ type: 'fill', mib: 320 }, 'fill 320'],
+    [{ type: 'fill-change', percent: 0 }, 'fill change 0'],
+    [{ type: 'fill-change', percent: 100 }, 'fill change 100'],
+    [{ type: 'fill-check' }, 'fill check'],
     [{ type: 'poweroff' }, 'poweroff'],
   ];
   for (const [cmd, line] of cases) {
@@ -128,6 +132,9 @@ test('rejects numbers the guest would refuse', () => {
   assert.throws(() => formatGuestCommand({ type: 'crunch', work: 2.5 }), RangeError);
   assert.throws(() => formatGuestCommand({ type: 'crunch', work: 1e12 + 1 }), RangeError);
   assert.throws(() => formatGuestCommand({ type: 'mem-start', mib: -1 }), RangeError);
+  assert.throws(() => formatGuestCommand({ type: 'fill', mib: 0 }), RangeError);
+  assert.throws(() => formatGuestCommand({ type: 'fill-change', percent: 101 }), RangeError);
+  assert.throws(() => formatGuestCommand({ type: 'fill-change', percent: 2.5 }), RangeError);
   assert.throws(() => formatGuestCommand({ type: 'disk-start', blocks: Number.NaN }), RangeError);
 });
 
