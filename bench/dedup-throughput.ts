@@ -12,8 +12,7 @@
 import { parseArgs } from 'node:util';
 import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
 import { Chunker, chunkBoundaries } from '../src/migrator/dedup/common/chunker.ts';
-import { encodeEnd, encodeHave, encodeHeader } from '../src/migrator/dedup/common/protocol.ts';
-import { DedupSender } from '../src/migrator/dedup/encoder.ts';
+import { runSender, type SenderRun } from './support/dedup-sender.ts';
 import { chunkHash } from '../src/migrator/dedup/hash.ts';
 
 const { values } = parseArgs({ options: { mb: { type: 'string', default: '64' }, level: { type: 'string', default: '1' } } });
@@ -75,33 +74,7 @@ function time(fn: () => void): { ms: number; cpuMs: number } {
   return { ms, cpuMs: (used.user + used.system) / 1000 };
 }
 
-async function timeAsync(fn: () => Promise<void>): Promise<{ ms: number; cpuMs: number }> {
-  const cpu = process.cpuUsage();
-  const t = performance.now();
-  await fn();
-  const ms = performance.now() - t;
-  const used = process.cpuUsage(cpu);
-  return { ms, cpuMs: (used.user + used.system) / 1000 };
-}
-
-/** Sends `data` through a DedupSender whose receiver claims to hold `known` and never acks (the window is the whole stream). */
-async function runSender(data: Buffer, known: Uint8Array[]): Promise<{ wire: number; literals: number; refs: number }> {
-  const sender = new DedupSender({ windowBytes: 0xffffffff, level: LEVEL });
-  let wire = 0;
-  sender.wire.on('data', (b: Buffer) => (wire += b.length));
-  sender.wire.write(encodeHeader({ role: 'receiver', windowBytes: 0 }));
-  for (let i = 0; i < known.length; i += 1024) sender.wire.write(encodeHave(known.slice(i, i + 1024), i + 1024 >= known.length));
-  if (known.length === 0) sender.wire.write(encodeHave([], true));
-  for (let at = 0; at < data.length; at += 256 * 1024) {
-    if (!sender.input.write(data.subarray(at, at + 256 * 1024))) await new Promise((resolve) => sender.input.once('drain', resolve));
-  }
-  await new Promise<void>((resolve) => sender.input.end(resolve));
-  const stats = sender.stats;
-  sender.wire.write(encodeEnd(stats.chunks, stats.bytes));
-  await sender.done;
-  return { wire, literals: stats.literalChunks, refs: stats.refChunks };
-}
-
+const timing = (run: SenderRun): { ms: number; cpuMs: number } => ({ ms: run.wallMs, cpuMs: run.cpuMs });
 const rate = (ms: number) => (SIZE / 1e6 / (ms / 1000)).toFixed(0).padStart(6);
 
 console.log(`dedup sender throughput, ${MB} MiB per dataset, zstd level ${LEVEL}, node ${process.version}; MB/s = 10^6 bytes/s (wall; cpu in brackets)`);
@@ -127,9 +100,10 @@ for (const name of ['vm', 'random', 'zero', 'text']) {
       }
     }),
   );
-  let first = { wire: 0, literals: 0, refs: 0 };
-  const senderRuns = [];
-  for (let i = 0; i < 3; i += 1) senderRuns.push(await timeAsync(async () => void (first = await runSender(data, []))));
+  const firstRuns: SenderRun[] = [];
+  for (let i = 0; i < 3; i += 1) firstRuns.push(await runSender(data, [], LEVEL));
+  const first = firstRuns[0] as SenderRun;
+  const senderRuns = firstRuns.map(timing);
   const known: Uint8Array[] = [];
   let start = 0;
   const seen = new Set<string>();
@@ -140,11 +114,12 @@ for (const name of ['vm', 'random', 'zero', 'text']) {
     seen.add(k);
     start = end;
   }
-  let second = { wire: 0, literals: 0, refs: 0 };
-  const knownRuns = [];
-  for (let i = 0; i < 3; i += 1) knownRuns.push(await timeAsync(async () => void (second = await runSender(data, known))));
+  const secondRuns: SenderRun[] = [];
+  for (let i = 0; i < 3; i += 1) secondRuns.push(await runSender(data, known, LEVEL));
+  const second = secondRuns[0] as SenderRun;
+  const knownRuns = secondRuns.map(timing);
   const cell = (r: { ms: number; cpuMs: number }) => `${rate(r.ms)} (${rate(r.cpuMs)})`;
   console.log(
-    `${name.padEnd(8)} ${cell(best(chunkRuns))} ${cell(best(hashRuns))} ${cell(best(zstdRuns))} ${cell(best(senderRuns))} ${cell(best(knownRuns))}  ${((first.wire / SIZE) * 100).toFixed(1)}%, ${((second.wire / SIZE) * 100).toFixed(2)}%`,
+    `${name.padEnd(8)} ${cell(best(chunkRuns))} ${cell(best(hashRuns))} ${cell(best(zstdRuns))} ${cell(best(senderRuns))} ${cell(best(knownRuns))}  ${((first.wireBytes / SIZE) * 100).toFixed(1)}%, ${((second.wireBytes / SIZE) * 100).toFixed(2)}%`,
   );
 }
