@@ -28,7 +28,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { parseBenchOptions, usageError as benchUsageError } from './support/options.ts';
-import { Cleanup } from './support/cleanup.ts';
+import type { Cleanup } from './support/cleanup.ts';
+import { runBenchmark } from './support/cleanup.ts';
 import { nowMs, pressKey, RfbProbe, typeText, XK } from './support/rfb-probe.ts';
 import { REPO_ROOT, runCli, SnowbirdSites } from './support/snowbird.ts';
 import { markdownTable } from './support/table.ts';
@@ -661,15 +662,4 @@ async function main(cleanup: Cleanup): Promise<boolean> {
   return ok;
 }
 
-const cleanup = new Cleanup(log);
-cleanup.installSignalHandlers();
-let ok = false;
-try {
-  ok = await main(cleanup);
-} catch (error) {
-  log(`benchmark failed: ${(error as Error).stack ?? String(error)}`);
-} finally {
-  log('cleaning up');
-  await cleanup.runAll();
-}
-process.exitCode = ok ? 0 : 1;
+await runBenchmark(log, main);

@@ -17,7 +17,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parseBenchOptions, usageError as benchUsageError } from './support/options.ts';
 import { createWan, type Wan } from './support/wan.ts';
-import { Cleanup } from './support/cleanup.ts';
+import type { Cleanup } from './support/cleanup.ts';
+import { runBenchmark } from './support/cleanup.ts';
 import { checkGuest, guestCommands, readWire, wireDelta, type GuestCheck } from './support/measure.ts';
 import { plainMigrate, startPlainVm, stopPlainVm, type PlainSite, type PlainTrip, type PlainVm } from './support/plain-qemu.ts';
 import { REPO_ROOT, runCli, SnowbirdSites } from './support/snowbird.ts';
@@ -402,15 +403,4 @@ async function main(cleanup: Cleanup): Promise<boolean> {
   return ok;
 }
 
-const cleanup = new Cleanup(log);
-cleanup.installSignalHandlers();
-let ok = false;
-try {
-  ok = await main(cleanup);
-} catch (error) {
-  log(`benchmark failed: ${(error as Error).stack ?? String(error)}`);
-} finally {
-  log('cleaning up');
-  await cleanup.runAll();
-}
-process.exitCode = ok ? 0 : 1;
+await runBenchmark(log, main);

@@ -36,7 +36,8 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { parseBenchOptions, usageError as benchUsageError } from './support/options.ts';
-import { Cleanup } from './support/cleanup.ts';
+import type { Cleanup } from './support/cleanup.ts';
+import { runBenchmark } from './support/cleanup.ts';
 import { EdgeThrottle } from './support/edge-throttle.ts';
 import { crunchPid, GuestWatch } from './support/guest-watch.ts';
 import { nowMs, pressKey, RfbProbe, typeText, XK } from './support/rfb-probe.ts';
@@ -689,21 +690,4 @@ if (opts.report !== undefined) {
   process.exit(0);
 }
 
-const cleanup = new Cleanup(log);
-cleanup.installSignalHandlers();
-// A crash (an unhandled 'error' event, say) still removes everything the run started.
-process.once('uncaughtException', (error) => {
-  log(`benchmark crashed: ${error.stack ?? String(error)}`);
-  void cleanup.runAll().finally(() => process.exit(1));
-});
-let ok = false;
-try {
-  ok = await main(cleanup);
-} catch (error) {
-  log(`benchmark failed: ${(error as Error).stack ?? String(error)}`);
-} finally {
-  log('cleaning up');
-  await cleanup.runAll();
-  log('cleaned up');
-}
-process.exitCode = ok ? 0 : 1;
+await runBenchmark(log, main);

@@ -75,3 +75,27 @@ export async function killPid(pid: number | undefined): Promise<void> {
 export async function killQemuByPidFile(pidFile: string): Promise<void> {
   await killPid(await readPidFile(pidFile));
 }
+
+/**
+ * Runs a benchmark's `main` with a Cleanup that undoes everything it started — on success, failure,
+ * Ctrl-C and a crash (an unhandled 'error' event, say) — and sets the exit code from its verdict.
+ */
+export async function runBenchmark(log: (line: string) => void, main: (cleanup: Cleanup) => Promise<boolean>): Promise<void> {
+  const cleanup = new Cleanup(log);
+  cleanup.installSignalHandlers();
+  process.once('uncaughtException', (error) => {
+    log(`benchmark crashed: ${error.stack ?? String(error)}`);
+    void cleanup.runAll().finally(() => process.exit(1));
+  });
+  let ok = false;
+  try {
+    ok = await main(cleanup);
+  } catch (error) {
+    log(`benchmark failed: ${(error as Error).stack ?? String(error)}`);
+  } finally {
+    log('cleaning up');
+    await cleanup.runAll();
+    log('cleaned up');
+  }
+  process.exitCode = ok ? 0 : 1;
+}
