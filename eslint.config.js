@@ -20,8 +20,8 @@ function layerOf(file) {
   return 'any';
 }
 
-/** The one agent module the Electron shell may use: the node-ipc client of the local API (it talks to the agent, never runs it). */
-const electronAgentClient = 'src/main/local-api/client.ts';
+/** The agent modules the Electron shell may use: the local API's client and where it finds the agent (it talks to the agent, never runs it). */
+const electronAgentClient = new Set(['src/main/local-api/client.ts', 'src/main/local-api/paths.ts']);
 
 const messages = {
   pureIo: 'Pure modules (src/shared, common/ folders) do no I/O, so they run anywhere and are tested on recorded data: "{{source}}" is not allowed here.',
@@ -29,7 +29,7 @@ const messages = {
   browserIo: 'The renderer runs in a browser sandbox: no Node built-ins or I/O packages ("{{source}}"). Go through the API contract in src/shared.',
   browserImport: 'The renderer may import only src/shared, pure common/ modules and itself: "{{source}}" is {{layer}} code.',
   libraryUp: 'Libraries below the agent never import the agent (src/main) or the renderer: "{{source}}".',
-  electronImport: 'The Electron shell imports only the API contract (src/shared), pure modules and the local API client (src/main/local-api/client.ts): "{{source}}" is {{layer}} code.',
+  electronImport: 'The Electron shell imports only the API contract (src/shared), pure modules and the local API client (src/main/local-api/client.ts, paths.ts): "{{source}}" is {{layer}} code.',
 };
 
 const layeringRule = {
@@ -55,7 +55,7 @@ const layeringRule = {
       if (from === 'pure' && to !== 'pure') report('pureImport', { layer: toMain ? 'agent' : to });
       if (from === 'browser' && to !== 'pure' && to !== 'browser') report('browserImport', { layer: toMain ? 'agent' : to });
       if (from === 'library' && (toMain || to === 'browser')) report('libraryUp');
-      const toAgentClient = target.split(sep).join('/') === electronAgentClient;
+      const toAgentClient = electronAgentClient.has(target.split(sep).join('/'));
       if (from === 'electron' && to !== 'pure' && to !== 'electron' && !toAgentClient) report('electronImport', { layer: toMain ? 'agent' : to });
     };
     return {

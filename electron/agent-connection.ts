@@ -5,10 +5,10 @@
 // UiPush objects the agent's WebSocket sends to a browser.
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { LocalApiClient, LocalCommandError } from '../src/main/local-api/client.ts';
+import { defaultDataDir, localApiSocket } from '../src/main/local-api/paths.ts';
 import type { AgentStatus, LocalCommand, LocalReplies, UiPush } from '../src/shared/local-api.ts';
 import type { ConnectionState } from '../src/shared/app-bridge.ts';
 import type { MigrationProgress } from '../src/shared/migration.ts';
@@ -23,22 +23,10 @@ const RETRY_MAX_MS = 5_000;
 /** A page that starts listening first gets this much of each VM's past samples (as from the WebSocket). */
 const SAMPLE_BACKFILL_MS = 5 * 60_000;
 
-/**
- * The data directory as the CLI picks it (`defaultDataDir` in src/main/vm-library.ts, which the
- * shell may not import): `--data DIR` on the command line, then $SNOWBIRD_DATA, then
- * $XDG_DATA_HOME/snowbird or ~/.local/share/snowbird.
- */
+/** The data directory as the CLI picks it: `--data DIR` on the command line, else the default. */
 export function dataDirFrom(argv: readonly string[], env: NodeJS.ProcessEnv): string {
   const { values } = parseArgs({ args: [...argv], options: { data: { type: 'string' } }, strict: false, allowPositionals: true });
-  if (typeof values.data === 'string' && values.data.length > 0) return resolve(values.data);
-  if (env['SNOWBIRD_DATA']) return resolve(env['SNOWBIRD_DATA']);
-  const xdg = env['XDG_DATA_HOME'];
-  return join(xdg && xdg.length > 0 ? xdg : join(homedir(), '.local', 'share'), 'snowbird');
-}
-
-/** Where the agent serves its local API (`localApiSocket` in src/main/agent.ts). */
-export function agentSocketOf(dataDir: string): string {
-  return join(dataDir, 'run', 'agent.sock');
+  return resolve(typeof values.data === 'string' && values.data.length > 0 ? values.data : defaultDataDir(env));
 }
 
 class AgentTimeoutError extends Error {
@@ -83,7 +71,7 @@ export class AgentConnection {
 
   constructor(options: AgentConnectionOptions) {
     this.#options = options;
-    this.#socket = agentSocketOf(options.dataDir);
+    this.#socket = localApiSocket(options.dataDir);
     this.#agentLog = join(options.dataDir, 'agent.log');
   }
 

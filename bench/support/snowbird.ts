@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LocalApiClient } from '../../src/main/local-api/client.ts';
-import { localApiSocket } from '../../src/main/agent.ts';
+import { localApiSocket } from '../../src/main/local-api/paths.ts';
 import { VmLibrary } from '../../src/main/vm-library.ts';
 import type { LocalCommand, LocalReplies } from '../../src/shared/local-api.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';

@@ -23,6 +23,7 @@ import { ConfigService, defaultConfigPath } from './config-service.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
 import { UiServer } from './ui-server.ts';
+import { localApiSocket } from './local-api/paths.ts';
 
 export interface AgentOptions {
   role: SiteRole;
@@ -43,10 +44,6 @@ export interface AgentOptions {
 export interface RunningAgent {
   store: AgentStore;
   close(): Promise<void>;
-}
-
-export function localApiSocket(dataDir: string): string {
-  return join(dataDir, 'run', 'agent.sock');
 }
 
 /** The edge's side of the link: dials the paired core and keeps dialing while it is away. */

@@ -3,7 +3,6 @@
 import { mkdir, readFile, readdir, rm, writeFile, rename } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { checkVmName, vmPaths, type VmPaths, type VmSpec } from '../migrator/qemu/common/spec.ts';
@@ -33,13 +32,6 @@ const siteSchema = z.object({ role: z.enum(SITE_ROLES) });
 
 /** Unix socket paths are limited to 107 bytes by the kernel (sun_path). */
 const MAX_SOCKET_PATH = 107;
-
-export function defaultDataDir(): string {
-  const fromEnv = process.env['SNOWBIRD_DATA'];
-  if (fromEnv) return fromEnv;
-  const xdg = process.env['XDG_DATA_HOME'];
-  return join(xdg && xdg.length > 0 ? xdg : join(homedir(), '.local', 'share'), 'snowbird');
-}
 
 export interface CreateVmOptions {
   name: string;

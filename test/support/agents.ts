@@ -13,7 +13,7 @@ import { isAckFor, type GuestCommand } from '../../src/shared/guest-protocol.ts'
 import { VmLibrary } from '../../src/main/vm-library.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { LocalApiClient } from '../../src/main/local-api/client.ts';
-import { localApiSocket } from '../../src/main/agent.ts';
+import { localApiSocket } from '../../src/main/local-api/paths.ts';
 
 export interface AgentProcess {
   role: 'edge' | 'core';
