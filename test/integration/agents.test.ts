@@ -8,8 +8,7 @@ import { join } from 'node:path';
 import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT, runCli, waitForHeartbeats } from '../support/fixtures.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+import { REPO_ROOT, GuestHealth, runCli } from '../support/fixtures.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { sourceJournalPath } from '../../src/migrator/orchestrator/journal.ts';
 import type { VmLibrary } from '../../src/main/vm-library.ts';
@@ -18,21 +17,7 @@ import type { MigrationRecord } from '../../src/shared/migration.ts';
 const VM = 'trip';
 const MiB = 1024 * 1024;
 
-/** Guest uptime must only grow: the VM was never rebooted or restarted by a move. */
-let lastUptimeMs = 0;
-
-async function assertHealthyAt(library: VmLibrary): Promise<void> {
-  const channel = await GuestChannel.connect(VM, library.paths(VM).control);
-  try {
-    const integrity = await waitForHeartbeats(channel, 1, 60_000);
-    assert.equal(integrity.memory.violations, 0, `memory violations: ${integrity.memory.lastViolation}`);
-    assert.equal(integrity.disk.violations, 0, `disk violations: ${integrity.disk.lastViolation}`);
-    assert.ok(integrity.uptimeMs > lastUptimeMs, `guest uptime went from ${lastUptimeMs} to ${integrity.uptimeMs} ms: it restarted`);
-    lastUptimeMs = integrity.uptimeMs;
-  } finally {
-    channel.close();
-  }
-}
+const health = new GuestHealth(VM);
 
 async function qemuAlive(library: VmLibrary): Promise<boolean> {
   const pid = await readPidFile(library.paths(VM).pidFile);
@@ -99,7 +84,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     pair = await AgentPair.start();
     // A working set the guest keeps but does not rewrite: only the first trip should send it.
     await pair.createVmAtEdge(VM, { workingSetMiB: 24 });
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
   });
   after(async () => {
     await pair?.dispose();
@@ -125,7 +110,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
         const here = to === 'core' ? pair.coreLibrary : pair.edgeLibrary;
         const there = to === 'core' ? pair.edgeLibrary : pair.coreLibrary;
         assert.equal(await qemuAlive(there), false, `trip ${trip}: QEMU still runs at the source`);
-        await assertHealthyAt(here);
+        await health.assertAt(here);
       }
     }
     // The first move carries the working set (24 MiB) and the workload's region; every later move
@@ -149,7 +134,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.match(record?.error ?? '', /cancelled by the user/);
     assert.equal(await qemuAlive(pair.edgeLibrary), true);
     assert.equal(await qemuAlive(pair.coreLibrary), false);
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
     const cancelIdle = await runCli(['--data', pair.edgeLibrary.dataDir, 'cancel', VM]);
     assert.equal(cancelIdle.code, 1);
     assert.match(cancelIdle.stdout, /not moving/);
@@ -168,7 +153,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.match(record.error ?? '', /memory/);
     assert.equal(await qemuAlive(pair.edgeLibrary), true);
     assert.equal(await qemuAlive(pair.coreLibrary), false);
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
   });
 
   test('the core agent killed mid-migration: the VM stays at the edge; after its restart it runs at exactly one site', { timeout: 300_000 }, async (t) => {
@@ -177,7 +162,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.equal(code, 2, stderr);
     assert.equal(record?.outcome, 'aborted', stderr);
     assert.equal(await qemuAlive(pair.edgeLibrary), true);
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
     await pair.startCore();
     await pair.waitConnected();
     // The restarted core cleaned up the incoming QEMU its predecessor left behind.
@@ -187,9 +172,9 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.deepEqual(vms.filter((v) => v.name === VM).map((v) => v.location), ['edge']);
     // And the link works again: a move after the restart succeeds.
     assert.equal((await migrate(pair, 'core')).outcome, 'committed');
-    await assertHealthyAt(pair.coreLibrary);
+    await health.assertAt(pair.coreLibrary);
     assert.equal((await migrate(pair, 'edge')).outcome, 'committed');
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
   });
 
   test('the edge agent killed mid-migration: after its restart the VM runs at exactly one site', { timeout: 300_000 }, async (t) => {
@@ -206,6 +191,6 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
       await new Promise((r) => setTimeout(r, 500));
     }
     assert.equal(where.filter(Boolean).length, 1, `QEMU alive at [edge, core]: ${where.join(', ')}`);
-    await assertHealthyAt(where[0] ? pair.edgeLibrary : pair.coreLibrary);
+    await health.assertAt(where[0] ? pair.edgeLibrary : pair.coreLibrary);
   });
 });

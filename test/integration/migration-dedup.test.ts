@@ -7,8 +7,7 @@ import assert from 'node:assert/strict';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { AgentPair } from '../support/agents.ts';
-import { runCli, waitForHeartbeats } from '../support/fixtures.ts';
-import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+import { GuestHealth, runCli } from '../support/fixtures.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import type { VmLibrary } from '../../src/main/vm-library.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
@@ -16,30 +15,7 @@ import type { MigrationRecord } from '../../src/shared/migration.ts';
 const VM = 'dd';
 const MiB = 1024 * 1024;
 
-/** Guest uptime must only grow: the VM was never rebooted or restarted by a move. */
-let lastUptimeMs = 0;
-
-/** Invariants at `library`'s site: no violations, uptime continuous; `memory: false` while sbmem is stopped. */
-async function assertHealthyAt(library: VmLibrary, options: { memory?: boolean } = {}): Promise<void> {
-  const channel = await GuestChannel.connect(VM, library.paths(VM).control);
-  try {
-    let integrity = channel.integrity;
-    if (options.memory ?? true) integrity = await waitForHeartbeats(channel, 1, 60_000);
-    else {
-      const start = integrity.disk.heartbeats;
-      const deadline = Date.now() + 60_000;
-      while (channel.integrity.disk.heartbeats === start && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-      integrity = channel.integrity;
-      assert.ok(integrity.disk.heartbeats > start, 'no disk heartbeat within 60 s');
-    }
-    assert.equal(integrity.memory.violations, 0, `memory violations: ${integrity.memory.lastViolation}`);
-    assert.equal(integrity.disk.violations, 0, `disk violations: ${integrity.disk.lastViolation}`);
-    assert.ok(integrity.uptimeMs > lastUptimeMs, `guest uptime went from ${lastUptimeMs} to ${integrity.uptimeMs} ms: it restarted`);
-    lastUptimeMs = integrity.uptimeMs;
-  } finally {
-    channel.close();
-  }
-}
+const health = new GuestHealth(VM);
 
 async function qemuAlive(library: VmLibrary): Promise<boolean> {
   const pid = await readPidFile(library.paths(VM).pidFile);
@@ -94,7 +70,7 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
   before(async () => {
     pair = await AgentPair.start();
     await pair.createVmAtEdge(VM);
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
   });
   after(async () => {
     await pair?.dispose();
@@ -106,7 +82,7 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
         const record = await migrate(pair, to);
         assertDeduped(record);
         t.diagnostic(describeMove(`trip ${trip} → ${to}`, record));
-        await assertHealthyAt(to === 'core' ? pair.coreLibrary : pair.edgeLibrary);
+        await health.assertAt(to === 'core' ? pair.coreLibrary : pair.edgeLibrary);
       }
     }
     const history = await runCli(['--data', pair.edgeLibrary.dataDir, 'history', '--limit', '3']);
@@ -120,11 +96,11 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
     const out = await migrate(pair, 'core');
     assertDeduped(out);
     t.diagnostic(describeMove('→ core, memory stable', out));
-    await assertHealthyAt(pair.coreLibrary, { memory: false });
+    await health.assertAt(pair.coreLibrary, { memory: false });
     const back = await migrate(pair, 'edge');
     assertDeduped(back);
     t.diagnostic(describeMove('back → edge, memory stable', back));
-    await assertHealthyAt(pair.edgeLibrary, { memory: false });
+    await health.assertAt(pair.edgeLibrary, { memory: false });
     const raw = back.dedup?.rawBytes ?? 0;
     const wire = back.streamBytes['migration'] ?? 0;
     // Margin: besides refs (23 B per ~4.6 KiB chunk, < 1 %) the link carries the edge's inventory (16 B
@@ -134,7 +110,7 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
     assert.ok(wire < 0.25 * raw, `the way back sent ${wire} bytes on the link for ${raw} raw`);
     assert.ok((back.dedup?.refBytes ?? 0) > 0.5 * raw, `only ${back.dedup?.refBytes} of ${raw} raw bytes went as references`);
     await pair.guestCommand(VM, { type: 'mem-start' });
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
   });
 
   test('damaged chunk stores at the destination: moves still correct (damaged chunks sent again)', async (t: TestContext) => {
@@ -144,26 +120,26 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
     assertDeduped(out);
     t.diagnostic(`${describeMove('→ core, 1 in 10 of its chunk files damaged', out)} (${atCore} damaged)`);
     assert.ok((out.dedup?.needs ?? 0) > 0, 'no damaged chunk was asked for again');
-    await assertHealthyAt(pair.coreLibrary);
+    await health.assertAt(pair.coreLibrary);
 
     const atEdge = await damageStore(pair, 'edge', 3);
     const back = await migrate(pair, 'edge');
     assertDeduped(back);
     t.diagnostic(`${describeMove('→ edge, 1 in 3 of its chunk files damaged', back)} (${atEdge} damaged)`);
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
   });
 
   test('without --dedup the memory stream goes plain; post-copy strategies never use dedup', async (t: TestContext) => {
     const plain = await migrate(pair, 'core', ['--strategy', 'precopy']);
     assert.equal(plain.dedup, undefined);
     t.diagnostic(`→ core without --dedup: memory ${((plain.streamBytes['migration'] ?? 0) / MiB).toFixed(1)} MiB on the link`);
-    await assertHealthyAt(pair.coreLibrary);
+    await health.assertAt(pair.coreLibrary);
     // Back with the default strategy towards the edge (hybrid: post-copy after one pass), dedup asked for.
     const hybrid = await migrate(pair, 'edge', ['--dedup']);
     assert.equal(hybrid.strategy, 'hybrid');
     assert.equal(hybrid.dedup?.used, false);
     assert.match(hybrid.dedup?.reason ?? '', /post-copy/);
     assert.ok((hybrid.dedup?.rawBytes ?? 0) > 0);
-    await assertHealthyAt(pair.edgeLibrary);
+    await health.assertAt(pair.edgeLibrary);
   });
 });

@@ -1,13 +1,14 @@
 // Fixtures for integration tests: the demo guest (built once, cached), a throwaway data directory,
 // and a booted VM with its control channel. Everything a fixture starts is torn down by `dispose`,
 // which tests call from `after` hooks so it runs pass or fail.
+import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawn } from 'node:child_process';
 import { buildGuest, type GuestArtifacts } from '../../guest/build.ts';
 import { VmLibrary, type CreateVmOptions } from '../../src/main/vm-library.ts';
-import type { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
+import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import type { GuestReport } from '../../src/shared/guest-protocol.ts';
 
@@ -97,3 +98,37 @@ export async function waitForHeartbeats(channel: GuestChannel, count: number, ti
   throw new Error(`fewer than ${count} memory and disk heartbeats within ${timeoutMs} ms: ${JSON.stringify(channel.integrity)}; guest says ${JSON.stringify(await pong)}`);
 }
 
+
+/**
+ * A guest checked after each move: its invariants held (no memory or disk violation) and it never
+ * restarted (its uptime only grows). `memory: false` waits for a disk heartbeat only (sbmem stopped).
+ */
+export class GuestHealth {
+  readonly #vm: string;
+  #lastUptimeMs = 0;
+
+  constructor(vm: string) {
+    this.#vm = vm;
+  }
+
+  async assertAt(library: VmLibrary, options: { memory?: boolean } = {}): Promise<void> {
+    const channel = await GuestChannel.connect(this.#vm, library.paths(this.#vm).control);
+    try {
+      let integrity = channel.integrity;
+      if (options.memory ?? true) integrity = await waitForHeartbeats(channel, 1, 60_000);
+      else {
+        const start = integrity.disk.heartbeats;
+        const deadline = Date.now() + 60_000;
+        while (channel.integrity.disk.heartbeats === start && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+        integrity = channel.integrity;
+        assert.ok(integrity.disk.heartbeats > start, 'no disk heartbeat within 60 s');
+      }
+      assert.equal(integrity.memory.violations, 0, `memory violations: ${integrity.memory.lastViolation}`);
+      assert.equal(integrity.disk.violations, 0, `disk violations: ${integrity.disk.lastViolation}`);
+      assert.ok(integrity.uptimeMs > this.#lastUptimeMs, `guest uptime went from ${this.#lastUptimeMs} to ${integrity.uptimeMs} ms: it restarted`);
+      this.#lastUptimeMs = integrity.uptimeMs;
+    } finally {
+      channel.close();
+    }
+  }
+}

@@ -5,8 +5,7 @@ import { IPCModule } from 'node-ipc';
 import type { Socket } from 'node:net';
 import { mkdir, chmod } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { z } from 'zod';
-import { localCommandSchema, localRequestSchema, type LocalCommand, type LocalError, type LocalReplies } from '../../shared/local-api.ts';
+import { parseLocalRequest, type LocalCommand, type LocalError, type LocalReplies } from '../../shared/local-api.ts';
 import type { MigrationProgress } from '../../shared/migration.ts';
 
 export const MAX_LOCAL_MESSAGE = 256 * 1024;
@@ -53,27 +52,15 @@ export class LocalApiServer {
   }
 
   private async dispatch(data: unknown, socket: Socket, handle: LocalHandler): Promise<void> {
-    const request = localRequestSchema.safeParse(data);
-    if (!request.success) {
-      this.ipc.server.emit(socket, 'response', { id: -1, ok: false, error: { code: 'malformed', message: 'request must be {id, command}' } });
-      return;
-    }
-    const { id } = request.data;
+    const request = parseLocalRequest(data);
+    const { id } = request;
     const reply = (payload: { ok: true; result: unknown } | { ok: false; error: LocalError }): void => this.ipc.server.emit(socket, 'response', { id, ...payload });
-    const command = localCommandSchema.safeParse(request.data.command);
-    if (!command.success) {
-      const unknownCmd = (request.data.command as { cmd?: unknown } | null)?.cmd;
-      const known = localCommandSchema.options.map((o) => o.shape.cmd.value);
-      reply({
-        ok: false,
-        error: typeof unknownCmd === 'string' && !known.includes(unknownCmd as LocalCommand['cmd'])
-          ? { code: 'unknown-command', message: `unknown command "${unknownCmd}"; known: ${known.join(', ')}` }
-          : { code: 'invalid', message: z.prettifyError(command.error) },
-      });
+    if ('error' in request) {
+      reply({ ok: false, error: request.error });
       return;
     }
     try {
-      const result = await handle(command.data, (progress) => this.ipc.server.emit(socket, 'progress', { id, progress }));
+      const result = await handle(request.command, (progress) => this.ipc.server.emit(socket, 'progress', { id, progress }));
       reply({ ok: true, result });
     } catch (error) {
       const err = error as Error & { code?: unknown };
