@@ -6,11 +6,12 @@
 // through the IPC bridge, and a move started from it reaches the cloud.
 //
 // Runs only where the Electron binary is present: Electron downloads it on first launch, and these
-// machines have no network. It is found as node_modules/electron/index.js finds it, minus the download.
+// machines have no network. It is found as node_modules/electron/index.js finds it, minus the download
+// (findElectronBinary, which `npm start` uses too).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,23 +19,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { _electron as electron, type ElectronApplication, type Page } from 'playwright-core';
 import { AgentPair } from '../support/agents.ts';
 import { REPO_ROOT } from '../support/fixtures.ts';
+import { findElectronBinary } from '../../src/main/app-launcher.ts';
 import { canvasSnapshot, waitUntil } from '../support/display.ts';
 
 const RESULTS = join(REPO_ROOT, 'test-results');
 const APP_URL = 'app://snowbird/index.html';
 const VM = 'shellvm';
 
-/** The Electron binary if it is installed; never downloads it (requiring `electron` would). */
-function electronBinary(): string | undefined {
-  const pkg = join(REPO_ROOT, 'node_modules', 'electron');
-  const pathFile = join(pkg, 'path.txt');
-  const name = existsSync(pathFile) ? readFileSync(pathFile, 'utf8').trim() : undefined;
-  const override = process.env['ELECTRON_OVERRIDE_DIST_PATH'];
-  const binary = override ? join(override, name ?? 'electron') : name === undefined ? undefined : join(pkg, 'dist', name);
-  return binary !== undefined && existsSync(binary) ? binary : undefined;
-}
-
-const SKIP = electronBinary() === undefined
+const SKIP = (await findElectronBinary()) === undefined
   ? 'no Electron binary (node_modules/electron/path.txt and dist/ are absent, ELECTRON_OVERRIDE_DIST_PATH is unset): Electron '
     + 'downloads it on first launch, which this machine cannot do (no network). On a machine with network, `npx electron --version` fetches it.'
   : false;
@@ -70,7 +62,7 @@ describe('the Electron shell: the app in its own window, over the local API', { 
     for (const [key, value] of Object.entries(process.env)) if (value !== undefined) env[key] = value;
     Object.assign(env, { SNOWBIRD_DATA: pair.edgeLibrary.dataDir, XDG_CONFIG_HOME: configDir });
     const headless = !process.env['DISPLAY'] && !process.env['WAYLAND_DISPLAY'];
-    // No executablePath: playwright then requires `electron`, which finds the binary electronBinary() found, without a download.
+    // No executablePath: playwright then requires `electron`, which finds the binary findElectronBinary() found, without a download.
     shell = await electron.launch({
       args: [...(headless ? ['--ozone-platform=headless'] : []), join(REPO_ROOT, 'dist', 'electron', 'main.js')],
       env,
