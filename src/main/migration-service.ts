@@ -24,6 +24,7 @@ import {
 import type { DestinationSite, MigrationOptions, PlanReply, PlanRequest, PrepareReply, PrepareRequest, SwitchoverRequest } from '../migrator/site.ts';
 import { VmHandle } from '../migrator/qemu/vm.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
+import { applyCpuLimit } from '../migrator/qemu/cpu-limit.ts';
 import { IMAGE_CHUNK_BYTES, PEER_EVENT_PROGRESS, peerMethods, type PeerParams } from '../shared/peer-api.ts';
 import { MIGRATION_PHASES, migrationProgressSchema, type MigrationProgress, type MigrationRecord, type SiteRole } from '../shared/migration.ts';
 import type { CancelReply, LocalCommand } from '../shared/local-api.ts';
@@ -425,7 +426,13 @@ export class MigrationService {
 
   /** A VM that arrived here: record its spec and runtime so this site's `vm` commands see it. */
   private async adoptIncoming(vm: IncomingVm): Promise<void> {
-    await this.deps.library.save(vm.spec);
+    // A CPU limit belongs to a site (the destination starts the VM without one): a VM coming back
+    // keeps this site's own limit, applied again to the QEMU that now runs it.
+    const ownLimit = (await this.deps.library.load(vm.name).catch(() => undefined))?.cpuLimitPercent;
+    await this.deps.library.save(ownLimit === undefined ? vm.spec : { ...vm.spec, cpuLimitPercent: ownLimit });
+    if (ownLimit !== undefined) {
+      await applyCpuLimit(vm.name, vm.handle.pid, ownLimit).catch((error: unknown) => this.deps.log(`VM "${vm.name}" runs without its ${ownLimit} % CPU limit: ${(error as Error).message}`));
+    }
     await this.deps.library.saveRuntime(vm.name, { pid: vm.handle.pid, accel: vm.spec.accel === 'kvm' ? 'kvm' : 'tcg', accelReason: `arrived by migration ${vm.migrationId}, as it ran at the source`, startedAt: new Date().toISOString() });
     this.deps.store.getState().setVm({ name: vm.name, location: this.deps.role, state: 'running' });
     await vm.handle.detach();

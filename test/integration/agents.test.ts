@@ -5,12 +5,13 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { readFile } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { AgentPair } from '../support/agents.ts';
 import { REPO_ROOT, GuestHealth, runCli } from '../support/fixtures.ts';
 import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { sourceJournalPath } from '../../src/migrator/orchestrator/journal.ts';
+import { removeCpuLimit } from '../../src/migrator/qemu/cpu-limit.ts';
 import type { VmLibrary } from '../../src/main/vm-library.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
 
@@ -88,6 +89,7 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   });
   after(async () => {
     await pair?.dispose();
+    await removeCpuLimit(VM);
   });
 
   test('pairing refuses a wrong token or fingerprint and keeps the existing pairing', async () => {
@@ -192,5 +194,23 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     }
     assert.equal(where.filter(Boolean).length, 1, `QEMU alive at [edge, core]: ${where.join(', ')}`);
     await health.assertAt(where[0] ? pair.edgeLibrary : pair.coreLibrary);
+  });
+
+  test('a CPU limit set at the edge holds again when the VM comes back from the core', async (t) => {
+    if (process.getuid?.() !== 0 || !(await access('/sys/fs/cgroup/cpu/cgroup.procs').then(() => true, () => false))) {
+      t.skip('needs root and a cgroup v1 cpu controller (as on the CI machines)');
+      return;
+    }
+    await ensureAtEdge(pair);
+    // Four cores' worth: a limit that holds without slowing this guest down.
+    await pair.edgeLibrary.save({ ...(await pair.edgeLibrary.load(VM)), cpuLimitPercent: 400 });
+    assert.equal((await migrate(pair, 'core')).outcome, 'committed');
+    assert.equal((await migrate(pair, 'edge')).outcome, 'committed');
+    assert.equal((await pair.edgeLibrary.load(VM)).cpuLimitPercent, 400);
+    const pid = await readPidFile(pair.edgeLibrary.paths(VM).pidFile);
+    const procs = (await readFile(`/sys/fs/cgroup/cpu/snowbird-${VM}/cgroup.procs`, 'utf8')).split('\n');
+    assert.ok(pid !== undefined && procs.includes(String(pid)), `QEMU ${pid} is not in the VM's cgroup (${procs.join(' ')})`);
+    assert.equal((await readFile(`/sys/fs/cgroup/cpu/snowbird-${VM}/cpu.cfs_quota_us`, 'utf8')).trim(), '400000');
+    await health.assertAt(pair.edgeLibrary);
   });
 });
