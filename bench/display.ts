@@ -23,7 +23,6 @@
 // and Ctrl-C. Needs QEMU 7.2+ and the demo guest's build tools; root only with --rate.
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -33,7 +32,7 @@ import { runBenchmark } from './support/cleanup.ts';
 import { nowMs, pressKey, RfbProbe, typeText, XK } from './support/rfb-probe.ts';
 import { REPO_ROOT, runCli, SnowbirdSites } from './support/snowbird.ts';
 import { markdownTable } from './support/table.ts';
-import { createWan, type Wan } from './support/wan.ts';
+import { openSitesLink } from './support/wan.ts';
 import { DisplayGateway, unixSocketConnector } from '../src/display/gateway.ts';
 import { displayReplySchema, type DisplayReply } from '../src/shared/local-api.ts';
 
@@ -181,21 +180,6 @@ interface Results {
 }
 
 // ── helpers ─────────────────────────────────────────────────────────────────────────────────────
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function loopbackWan(): Wan {
-  return { namespace: '', edgeAddress: '127.0.0.1', coreAddress: '127.0.0.1', hostInterface: 'lo', rateMbit: 0, execPrefix: [], dispose: () => Promise.resolve() };
-}
-
 async function openDisplay(sites: SnowbirdSites): Promise<DisplayReply> {
   const r = await runCli(['--data', sites.edgeDir, 'display', VM, '--json']);
   if (r.code !== 0) throw new Error(`snowbird display ${VM} failed (exit ${r.code}): ${r.stderr.trim()}`);
@@ -571,16 +555,7 @@ async function main(cleanup: Cleanup): Promise<boolean> {
   const build = await runCli(['guest', 'build']);
   if (build.code !== 0) throw new Error(`snowbird guest build failed: ${build.stderr}`);
 
-  let wan: Wan;
-  if (config.rateMbit === undefined) {
-    wan = loopbackWan();
-  } else {
-    wan = await createWan({ rateMbit: config.rateMbit });
-    const w = wan;
-    cleanup.add(`remove the network namespace ${w.namespace}`, () => w.dispose());
-    log(`WAN: namespace ${wan.namespace}, edge ${wan.edgeAddress} ⇄ core ${wan.coreAddress}, tbf ${config.rateMbit} Mbit/s`);
-  }
-  const port = config.rateMbit === undefined ? await freePort() : 7444;
+  const { wan, port } = await openSitesLink(config.rateMbit, 7444, cleanup, log);
   const sites = new SnowbirdSites(join(root, 'sites'), wan, port, cleanup);
   const probes: RfbProbe[] = [];
   cleanup.add('close the RFB clients', () => {

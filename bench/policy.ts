@@ -31,7 +31,6 @@
 // guest's build tools.
 import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -43,7 +42,7 @@ import { crunchPid, GuestWatch } from './support/guest-watch.ts';
 import { nowMs, pressKey, RfbProbe, typeText, XK } from './support/rfb-probe.ts';
 import { REPO_ROOT, runCli, SnowbirdSites } from './support/snowbird.ts';
 import { formatRatio, markdownTable, ratio } from './support/table.ts';
-import { createWan, type Wan } from './support/wan.ts';
+import { openSitesLink } from './support/wan.ts';
 import type { MigrationRecord } from '../src/shared/migration.ts';
 import { DEFAULT_POLICY_PARAMS, type InteractionSample, type PlacementMode } from '../src/shared/placement.ts';
 
@@ -209,21 +208,6 @@ interface Results {
 }
 
 // ── helpers ─────────────────────────────────────────────────────────────────────────────────────
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const port = (server.address() as { port: number }).port;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function loopbackWan(): Wan {
-  return { namespace: '', edgeAddress: '127.0.0.1', coreAddress: '127.0.0.1', hostInterface: 'lo', rateMbit: 0, execPrefix: [], dispose: () => Promise.resolve() };
-}
-
 /** The RFB viewer on the gateway, reopened if its connection drops (as noVNC would). */
 class Viewer {
   #probe: RfbProbe | undefined;
@@ -600,16 +584,7 @@ async function main(cleanup: Cleanup): Promise<boolean> {
   const build = await runCli(['guest', 'build']);
   if (build.code !== 0) throw new Error(`snowbird guest build failed: ${build.stderr}`);
 
-  let wan: Wan;
-  if (config.rateMbit === undefined) {
-    wan = loopbackWan();
-  } else {
-    wan = await createWan({ rateMbit: config.rateMbit });
-    const w = wan;
-    cleanup.add(`remove the network namespace ${w.namespace}`, () => w.dispose());
-    log(`WAN: namespace ${wan.namespace}, edge ${wan.edgeAddress} ⇄ core ${wan.coreAddress}, tbf ${config.rateMbit} Mbit/s`);
-  }
-  const port = config.rateMbit === undefined ? await freePort() : 7445;
+  const { wan, port } = await openSitesLink(config.rateMbit, 7445, cleanup, log);
   const sites = new SnowbirdSites(join(root, 'sites'), wan, port, cleanup);
 
   try {

@@ -2,7 +2,9 @@
 // bandwidth limit on both ends. The core agent runs inside the namespace, the edge outside, so every
 // byte between them crosses the limited link. Addresses are private to this pair of interfaces.
 import { execFile } from 'node:child_process';
+import { createServer } from 'node:net';
 import { promisify } from 'node:util';
+import type { Cleanup } from './cleanup.ts';
 
 const run = promisify(execFile);
 
@@ -59,4 +61,31 @@ export async function createWan(options: { rateMbit: number; id?: number }): Pro
     throw error;
   }
   return { namespace, edgeAddress, coreAddress, hostInterface: hostIf, rateMbit: options.rateMbit, execPrefix: ['ip', 'netns', 'exec', namespace], dispose };
+}
+
+function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as { port: number }).port;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * The link between the benchmark's two sites and the port the core listens on: the emulated WAN at
+ * `rateMbit` (removed by `cleanup`) with the core on `wanPort`, or without a rate plain loopback (no
+ * limit) with the core on a free port.
+ */
+export async function openSitesLink(rateMbit: number | undefined, wanPort: number, cleanup: Cleanup, log: (line: string) => void): Promise<{ wan: Wan; port: number }> {
+  if (rateMbit === undefined) {
+    const wan: Wan = { namespace: '', edgeAddress: '127.0.0.1', coreAddress: '127.0.0.1', hostInterface: 'lo', rateMbit: 0, execPrefix: [], dispose: () => Promise.resolve() };
+    return { wan, port: await freeLoopbackPort() };
+  }
+  const wan = await createWan({ rateMbit });
+  cleanup.add(`remove the network namespace ${wan.namespace}`, () => wan.dispose());
+  log(`WAN: namespace ${wan.namespace}, edge ${wan.edgeAddress} ⇄ core ${wan.coreAddress}, tbf ${rateMbit} Mbit/s`);
+  return { wan, port: wanPort };
 }
