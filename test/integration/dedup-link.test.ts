@@ -3,7 +3,9 @@
 // (PeerLink.exposeHandler + dedupStreamHandler) rebuilds it into a unix socket that checks it byte for
 // byte. Both ways, with stores: the way back sends references to what the first way left behind; a
 // damaged store still gives the exact stream; a destination that stops reading, and a peer that speaks
-// garbage, end the source's local connection at once (the latter as a fault of the transport).
+// garbage, end the source's local connection at once (the latter as a fault of the transport). With a
+// return path, a conversation shaped like QEMU's post-copy: small requests from the destination answered
+// at once, the destination closing first when it has read the stream's end, the source after it.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
@@ -157,6 +159,81 @@ describe('dedup on the link', { timeout: 120_000 }, () => {
     assert.equal(out.stats.fault, undefined);
     assert.ok(out.stats.lastError !== undefined);
     assert.ok(out.results.some((r) => 'error' in r));
+  });
+
+  test('with a return path: answers to small requests come at once, and the destination may close first, as QEMU does', async () => {
+    // The destination asks for "pages" by number (4-byte requests); the source answers each with the page
+    // (4 KiB, far below a content-defined chunk boundary's reach) between bulk data. The destination reads
+    // until the END marker, writes BYE and closes; the source closes once it reads BYE.
+    const page = (i: number) => vmLikeData(mulberry32(1000 + i), 4096);
+    const bulk = vmLikeData(mulberry32(12), 6 * MiB);
+    const END = Buffer.from('\nEND-OF-STREAM\n');
+    const destination = join(s.root, 'duplex-dest.sock');
+    const received: Buffer[] = [];
+    const served = new Promise<void>((resolve) => {
+      const server = createServer({ allowHalfOpen: true }, (socket) => {
+        socket.on('error', () => {});
+        let asked = 0;
+        const ask = () => socket.write(Buffer.from(Uint32Array.of(asked).buffer));
+        ask();
+        let seen = Buffer.alloc(0);
+        socket.on('data', (chunk: Buffer) => {
+          received.push(chunk);
+          seen = Buffer.concat([seen, chunk]);
+          // Each answered page lets the next request go (the guest faulting on its next page).
+          while (asked < 20 && seen.includes(page(asked))) {
+            seen = seen.subarray(seen.indexOf(page(asked)) + 4096);
+            asked += 1;
+            if (asked < 20) ask();
+          }
+          if (asked === 20 && Buffer.concat(received).subarray(-END.length).equals(END)) {
+            socket.end('BYE');
+            resolve();
+          }
+        });
+      });
+      servers.push(server);
+      server.listen(destination);
+    });
+    await once(servers.at(-1) as Server, 'listening');
+    const results: ({ error: Error } | { stats: unknown })[] = [];
+    s.core.exposeHandler('duplex', dedupStreamHandler(destination, { returnPath: true, onDone: (r) => results.push(r) }));
+    const bridge = await dedupBridgeListener(s.edge, join(s.root, 'bridge-duplex.sock'), 'duplex', { returnPath: true });
+    bridges.push(bridge);
+
+    const source = createConnection({ path: bridge.path, allowHalfOpen: true });
+    await once(source, 'connect');
+    const sent: Buffer[] = [];
+    const write = (b: Buffer) => {
+      sent.push(b);
+      source.write(b);
+    };
+    let answered = 0;
+    let back = Buffer.alloc(0);
+    const bye = new Promise<void>((resolve) => {
+      source.on('data', (chunk: Buffer) => {
+        back = Buffer.concat([back, chunk]);
+        while (back.length >= 4 && answered < 20) {
+          const i = back.readUInt32LE(0);
+          back = back.subarray(4);
+          write(bulk.subarray(answered * 64 * 1024, (answered + 1) * 64 * 1024));
+          write(page(i));
+          answered += 1;
+          if (answered === 20) write(END);
+        }
+        if (back.toString() === 'BYE') resolve();
+      });
+    });
+    await served;
+    await bye;
+    const closed = once(source, 'close');
+    source.end();
+    await closed;
+    for (let i = 0; i < 100 && results.length === 0; i++) await sleep(20);
+    assert.ok(Buffer.concat(received).equals(Buffer.concat(sent)), 'the destination got the source\'s bytes exactly');
+    assert.deepEqual(results.map((r) => ('error' in r ? r.error.message : 'ok')), ['ok']);
+    assert.equal(bridge.stats.fault, undefined);
+    assert.equal(bridge.stats.sender.returnBytes, 20 * 4 + 3);
   });
 
   test('a peer that speaks garbage fails the stream as a fault of the transport; the source connection is closed', async () => {

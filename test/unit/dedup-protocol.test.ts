@@ -16,6 +16,8 @@ import {
   encodeLiteral,
   encodeNeed,
   encodeRef,
+  encodeReturn,
+  encodeReturnEnd,
   type Decoded,
   type Frame,
   type ProtocolErrorCode,
@@ -45,7 +47,7 @@ function decodeAll(peer: Role, bytes: Uint8Array, rand?: Rand): Decoded[] {
 
 const concat = (parts: Uint8Array[]) => Buffer.concat(parts);
 const senderHeader = encodeHeader({ role: 'sender', windowBytes: 1 << 20 });
-const receiverHeader = encodeHeader({ role: 'receiver', windowBytes: 0 });
+const receiverHeader = encodeHeader({ role: 'receiver', windowBytes: 0, returnPath: true });
 
 const payload = randomBytes(mulberry32(1), 5000);
 const senderFrames: [Uint8Array, Frame][] = [
@@ -83,6 +85,9 @@ const receiverFrames: [Uint8Array, Frame][] = [
   [encodeAck(77), { type: 'ack', chunks: 77 }],
   [encodeNeed(h(7)), { type: 'need', hash: h(7) }],
   [encodeEnd(0, 0), { type: 'end', chunks: 0, bytes: 0 }],
+  [encodeReturn(payload.subarray(0, 1)), { type: 'return', payload: payload.subarray(0, 1) }],
+  [encodeReturn(randomBytes(mulberry32(2), MAX_BATCH_BYTES)), { type: 'return', payload: randomBytes(mulberry32(2), MAX_BATCH_BYTES) }],
+  [encodeReturnEnd(2 ** 33 + 1), { type: 'return-end', bytes: 2 ** 33 + 1 }],
   [encodeAbort('protocol', 'ü'.repeat(600)), { type: 'abort', code: 'protocol', message: 'ü'.repeat(512) }],
 ];
 
@@ -118,7 +123,7 @@ describe('dedup protocol', () => {
     ] as const) {
       const stream = concat([header, ...frames.map(([bytes]) => bytes)]);
       const expected = [
-        { kind: 'header', header: { version: 1, role: peer, windowBytes: peer === 'sender' ? 1 << 20 : 0 } },
+        { kind: 'header', header: { version: 1, role: peer, windowBytes: peer === 'sender' ? 1 << 20 : 0, returnPath: peer === 'receiver' } },
         ...frames.map(([, frame]) => ({ kind: 'frame', frame })),
       ].map((d) => plain(d as Decoded));
       assert.deepEqual(decodeAll(peer, stream).map(plain), expected);
@@ -145,7 +150,9 @@ describe('dedup protocol', () => {
     assert.equal(errorOf('sender', bad((b) => (b[4] = 2))), 'unsupported-version');
     assert.equal(errorOf('sender', bad((b) => (b[5] = 9))), 'wrong-role');
     assert.equal(errorOf('receiver', senderHeader), 'wrong-role');
-    assert.equal(errorOf('sender', bad((b) => (b[7] = 1))), 'malformed');
+    assert.equal(errorOf('sender', bad((b) => (b[7] = 2))), 'malformed');
+    assert.equal(errorOf('sender', bad((b) => (b[6] = 1))), 'malformed');
+    assert.equal(errorOf('sender', bad((b) => (b[7] = 1))), undefined, 'flag 1 is the return path');
     assert.equal(new DedupDecoder('sender').next(), undefined);
   });
 
@@ -154,6 +161,7 @@ describe('dedup protocol', () => {
     assert.equal(errorOf('sender', concat([senderHeader, encodeHave([], true)])), 'unexpected-frame');
     assert.equal(errorOf('receiver', concat([receiverHeader, encodeRef(h(1), 10)])), 'unexpected-frame');
     assert.equal(errorOf('receiver', concat([receiverHeader, frameBytes([99])])), 'unknown-frame');
+    assert.equal(errorOf('sender', concat([senderHeader, encodeReturn(Uint8Array.of(1))])), 'unexpected-frame');
   });
 
   test('an oversize frame is refused from its length prefix, and nothing more is buffered', () => {
@@ -198,6 +206,10 @@ describe('dedup protocol', () => {
       ['receiver', [5, 0, 0x04, 0x01, ...new Array(16 * 1025).fill(0)]], // too many hashes
       ['receiver', [6, 0, 0, 0]], // short ack
       ['receiver', [3, 1, 2, 3]], // short need
+      ['receiver', [8]], // empty return
+      ['receiver', [8, ...new Array(MAX_BATCH_BYTES + 1).fill(1)]], // return above 64 KiB
+      ['receiver', [9, 0, 0, 0, 0, 0, 0, 0]], // short return-end
+      ['receiver', [9, 0, 0x20, 0, 0, 0, 0, 0, 0]], // return-end count ≥ 2^53
     ];
     for (const [i, [peer, body]] of cases.entries()) {
       const header = peer === 'sender' ? senderHeader : receiverHeader;
@@ -214,6 +226,9 @@ describe('dedup protocol', () => {
     assert.throws(() => encodeHave(new Array<Uint8Array>(1025).fill(h(1)), true), RangeError);
     assert.throws(() => encodeEnd(-1, 0), RangeError);
     assert.throws(() => encodeAck(2 ** 53), RangeError);
+    assert.throws(() => encodeReturn(new Uint8Array(0)), RangeError);
+    assert.throws(() => encodeReturn(new Uint8Array(MAX_BATCH_BYTES + 1)), RangeError);
+    assert.throws(() => encodeReturnEnd(-1), RangeError);
   });
 
   test('fuzz: 5000 seeded cases of random and mutated streams never throw or over-allocate', () => {

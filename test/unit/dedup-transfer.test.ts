@@ -2,8 +2,11 @@
 // joined in process: seeded property tests on VM-like streams and mutated copies (0/2/10/50% of bytes
 // changed, insertions and deletions) against a receiver holding the first stream's chunks, with random
 // write sizes, small windows, a slow reader, evictions and damaged stores; the output is always the input,
-// byte for byte. Then the failure paths: a need the sender cannot answer, a bad literal, garbage, a cut.
+// byte for byte. With a return path: both directions exact, a request/answer exchange that never waits
+// for a chunk boundary, a local end closing early. Then the failure paths: a need the sender cannot
+// answer, a bad literal, garbage, a cut.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -265,6 +268,108 @@ describe('dedup transfer', () => {
     sender.input.end(randomBytes(mulberry32(7), 2 * MiB));
     await assert.rejects(receiver.done, (e: unknown) => e instanceof DedupProtocolError && e.code === 'truncated');
     await assert.rejects(sender.done, (e: unknown) => e instanceof DedupProtocolError && e.code === 'truncated');
+  });
+
+  /** A sender and a receiver with a return path, joined in process, both ends' streams given error listeners. */
+  function duplexPair(options: { sender?: ConstructorParameters<typeof DedupSender>[0]; receiver?: ConstructorParameters<typeof DedupReceiver>[0] } = {}) {
+    const sender = new DedupSender({ returnPath: true, ...options.sender });
+    const receiver = new DedupReceiver({ returnPath: true, ...options.receiver });
+    sender.wire.pipe(receiver.wire);
+    receiver.wire.pipe(sender.wire);
+    for (const stream of [sender.input, sender.output, receiver.input, receiver.output]) stream.on('error', () => {});
+    return { sender, receiver };
+  }
+
+  const collect = (stream: NodeJS.ReadableStream): Promise<Buffer> =>
+    new Promise((resolve, reject) => {
+      const parts: Buffer[] = [];
+      stream.on('data', (b: Buffer) => parts.push(b));
+      stream.once('end', () => resolve(Buffer.concat(parts)));
+      stream.once('error', reject);
+    });
+
+  async function writeAll(stream: NodeJS.WritableStream, data: Buffer, rand: Rand): Promise<void> {
+    for (let at = 0; at < data.length; ) {
+      const size = randomInt(rand, 1, 100_000);
+      if (!stream.write(data.subarray(at, at + size))) await once(stream as NodeJS.EventEmitter, 'drain');
+      at += size;
+    }
+    stream.end();
+  }
+
+  test('property: with a return path, both directions are rebuilt byte for byte, whichever ends first', async () => {
+    for (const seed of [21, 22, 23, 24]) {
+      const rand = mulberry32(seed);
+      const forward = vmLikeData(rand, 3 * MiB + randomInt(rand, 0, 9999));
+      const back = randomBytes(rand, randomInt(rand, 0, 512 * 1024));
+      const store = await openStore();
+      await storeChunks(store, mutateRuns(rand, forward, 0.05));
+      const { sender, receiver } = duplexPair({ sender: { windowBytes: randomInt(rand, 64 * 1024, 2 * MiB) }, receiver: { store } });
+      const gotForward = collect(receiver.output);
+      const gotBack = collect(sender.output);
+      const forwardFirst = seed % 2 === 0;
+      await writeAll(forwardFirst ? sender.input : receiver.input, forwardFirst ? forward : back, rand);
+      await writeAll(forwardFirst ? receiver.input : sender.input, forwardFirst ? back : forward, rand);
+      const [senderStats, receiverStats] = await Promise.all([sender.done, receiver.done]);
+      assert.ok((await gotForward).equals(forward), `seed ${seed}: forward bytes differ`);
+      assert.ok((await gotBack).equals(back), `seed ${seed}: return bytes differ`);
+      assert.equal(senderStats.returnBytes, back.length);
+      assert.equal(receiverStats.returnBytes, back.length);
+      assert.ok(senderStats.refBytes > forward.length / 2, `seed ${seed}: dedup still works (${senderStats.refBytes} ref bytes)`);
+      await store.close();
+    }
+  });
+
+  test('with a return path, a request the far end must answer is sent without waiting for a chunk boundary', async () => {
+    // Ping-pong: each request is a few hundred bytes, far below a chunk; the next one is written only
+    // after the answer came back. Without the idle flush the first request would wait forever.
+    const { sender, receiver } = duplexPair();
+    const rand = mulberry32(31);
+    const requests = Array.from({ length: 50 }, () => randomBytes(rand, randomInt(rand, 1, 600)));
+    receiver.output.on('data', (request: Buffer) => receiver.input.write(Buffer.concat([Buffer.from('re:'), request])));
+    const answers: Buffer[] = [];
+    for (const request of requests) {
+      sender.input.write(request);
+      const [answer] = (await once(sender.output, 'data')) as [Buffer];
+      answers.push(answer);
+    }
+    sender.input.end();
+    receiver.input.end();
+    await Promise.all([sender.done, receiver.done]);
+    assert.deepEqual(answers, requests.map((r) => Buffer.concat([Buffer.from('re:'), r])));
+  });
+
+  test('the two ends must agree on the return path', async () => {
+    const sender = new DedupSender({ returnPath: true });
+    const receiver = new DedupReceiver();
+    sender.wire.pipe(receiver.wire);
+    receiver.wire.pipe(sender.wire);
+    sender.input.on('error', () => {});
+    receiver.output.on('error', () => {});
+    sender.input.end(randomBytes(mulberry32(9), 1000));
+    await assert.rejects(receiver.done, (e: unknown) => e instanceof DedupProtocolError && e.code === 'return-path-mismatch');
+    await assert.rejects(sender.done, (e: unknown) => e instanceof DedupProtocolError && e.code === 'return-path-mismatch');
+  });
+
+  test('a local end that closes with everything delivered is fine; bytes that come after it fail the transfer', async () => {
+    const clean = duplexPair();
+    clean.receiver.output.resume();
+    clean.sender.output.resume();
+    clean.sender.input.write(randomBytes(mulberry32(10), 10_000));
+    await once(clean.receiver.output, 'data');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    clean.receiver.consumerClosed();
+    clean.receiver.input.end();
+    clean.sender.input.end();
+    await Promise.all([clean.sender.done, clean.receiver.done]);
+
+    const late = duplexPair();
+    late.receiver.output.resume();
+    late.sender.output.resume();
+    late.receiver.consumerClosed();
+    late.sender.input.write(randomBytes(mulberry32(11), 10_000));
+    await assert.rejects(late.receiver.done, (e: unknown) => e instanceof DedupAbortedError && e.code === 'cancelled');
+    await assert.rejects(late.sender.done, (e: unknown) => e instanceof DedupAbortedError && e.remote);
   });
 
   test('abort() tells the peer', async () => {

@@ -7,7 +7,11 @@
 // neither has it, a `need` goes back and the sender answers with the literal. Output stops at the first
 // unresolved chunk until it is resolved, so the order is always the sender's. Every literal is checked
 // against its hash before it is used or stored.
-import { Duplex, Readable } from 'node:stream';
+//
+// With `returnPath`, bytes written to `input` (what the local end says back) go to the sender as they
+// are, in `return` frames, and the input's end as `return-end`; the transfer is done when both
+// directions have ended.
+import { Duplex, Readable, Writable } from 'node:stream';
 import { zstdDecompressSync } from 'node:zlib';
 import {
   DedupDecoder,
@@ -19,6 +23,9 @@ import {
   encodeHave,
   encodeHeader,
   encodeNeed,
+  encodeReturn,
+  encodeReturnEnd,
+  MAX_BATCH_BYTES,
   type Frame,
 } from './common/protocol.ts';
 import { Serial } from './common/serial.ts';
@@ -36,6 +43,8 @@ export interface DedupReceiverOptions {
   cacheBytes?: number;
   /** Store reads in flight at most. Default 32. */
   readAhead?: number;
+  /** Carry `input` back to the sender (the sender must agree). Default false. */
+  returnPath?: boolean;
 }
 
 export interface DedupReceiverStats {
@@ -52,6 +61,8 @@ export interface DedupReceiverStats {
   inventory: number;
   /** All bytes sent on the wire (to the sender). */
   wireBytes: number;
+  /** Bytes carried back from `input`. */
+  returnBytes: number;
 }
 
 interface Entry {
@@ -65,6 +76,9 @@ export class DedupReceiver {
   readonly wire: Duplex;
   /** The rebuilt bytes. Destroyed with the error if the transfer fails. */
   readonly output: Readable;
+  /** With `returnPath`: the local end's bytes for the sender; end it when the local end ends. */
+  readonly input: Writable;
+  readonly returnPath: boolean;
   /** Resolves once every byte was delivered to `output` and the sender was told; rejects with a DedupError. */
   readonly done: Promise<DedupReceiverStats>;
 
@@ -100,13 +114,23 @@ export class DedupReceiver {
   #ackedBytes = 0;
   #ackedChunks = 0;
   #end: { chunks: number; bytes: number } | undefined;
+  /** Every forward byte was delivered and the sender told. */
+  #forwardDone = false;
+  /** `return-end` sent, or no return path. */
+  #returnEnded: boolean;
+  /** A write to `input` waiting for the wire to take more. */
+  #inputCallback: ((error?: Error | null) => void) | undefined;
+  /** The local end closed (consumerClosed()): no more forward bytes can be delivered. */
+  #consumerGone = false;
 
-  #stats: DedupReceiverStats = { chunks: 0, bytes: 0, literalChunks: 0, refChunks: 0, cacheHits: 0, storeHits: 0, needs: 0, inventory: 0, wireBytes: 0 };
+  #stats: DedupReceiverStats = { chunks: 0, bytes: 0, literalChunks: 0, refChunks: 0, cacheHits: 0, storeHits: 0, needs: 0, inventory: 0, wireBytes: 0, returnBytes: 0 };
 
   constructor(options: DedupReceiverOptions = {}) {
     this.#store = options.store;
     this.#cacheBytes = options.cacheBytes ?? DEFAULT_CACHE_BYTES;
     this.#readAhead = Math.max(1, options.readAhead ?? DEFAULT_READ_AHEAD);
+    this.returnPath = options.returnPath ?? false;
+    this.#returnEnded = !this.returnPath;
     this.done = new Promise<DedupReceiverStats>((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
@@ -122,9 +146,29 @@ export class DedupReceiver {
         }),
     });
 
+    this.input = new Writable({
+      highWaterMark: 256 * 1024,
+      write: (chunk: Buffer, _encoding, callback) => this.#serial.run(() => this.#sendBack(chunk, callback)),
+      final: (callback) =>
+        this.#serial.run(() => {
+          if (this.#settled) return callback();
+          if (!this.returnPath) return callback();
+          this.#push(encodeReturnEnd(this.#stats.returnBytes));
+          this.#returnEnded = true;
+          callback();
+          this.#settleIfDone();
+        }),
+    });
+
     this.wire = new Duplex({
       allowHalfOpen: true,
-      read: () => this.#serial.run(() => this.#sendInventory()),
+      read: () =>
+        this.#serial.run(() => {
+          this.#sendInventory();
+          const callback = this.#inputCallback;
+          this.#inputCallback = undefined;
+          callback?.();
+        }),
       write: (chunk: Buffer, _encoding, callback) => {
         this.#serial.run(() => {
           if (!this.#settled) this.#receive(chunk);
@@ -145,7 +189,7 @@ export class DedupReceiver {
     );
 
     this.#inventory = this.#store?.keys() ?? [];
-    this.#push(encodeHeader({ role: 'receiver', windowBytes: 0 }));
+    this.#push(encodeHeader({ role: 'receiver', windowBytes: 0, returnPath: this.returnPath }));
   }
 
   get stats(): DedupReceiverStats {
@@ -155,6 +199,37 @@ export class DedupReceiver {
   /** Ends the transfer: the sender is told, `done` rejects and `output` is destroyed with `reason`. */
   abort(reason: Error = new DedupAbortedError('cancelled', 'the dedup transfer was cancelled', false)): void {
     this.#serial.run(() => this.#fail(reason, true));
+  }
+
+  /**
+   * The local end closed: nothing more can be delivered. Fine if everything was (a far end that talks back
+   * may close before the sender's end frame comes); the transfer fails if bytes are waiting or still come.
+   * `undeliveredBytes`: what the local end's own buffer still held.
+   */
+  consumerClosed(undeliveredBytes = 0): void {
+    this.#serial.run(() => {
+      this.#consumerGone = true;
+      if (this.#settled) return;
+      if (undeliveredBytes > 0 || this.#queuedBytes > 0 || this.output.readableLength > 0) this.#failConsumerGone();
+    });
+  }
+
+  #failConsumerGone(): void {
+    this.#fail(new DedupAbortedError('cancelled', 'the destination closed its socket before the end of the stream (QEMU stopped receiving)', false), true);
+  }
+
+  /** Return path: the local end's bytes, in frames of at most 64 KiB; the write completes when the wire takes them. */
+  #sendBack(data: Uint8Array, callback: (error?: Error | null) => void): void {
+    if (this.#settled) return callback();
+    if (!this.returnPath) return callback(new DedupProtocolError('bad-state', 'bytes written to the input of a receiver without a return path'));
+    let more = true;
+    for (let at = 0; at < data.length; at += MAX_BATCH_BYTES) {
+      const piece = data.subarray(at, at + MAX_BATCH_BYTES);
+      this.#stats.returnBytes += piece.length;
+      more = this.#push(encodeReturn(piece));
+    }
+    if (more) callback();
+    else this.#inputCallback = callback;
   }
 
   #push(frame: Uint8Array): boolean {
@@ -194,6 +269,12 @@ export class DedupReceiver {
     for (let item = this.#decoder.next(); item !== undefined && !this.#settled; item = this.#decoder.next()) {
       if (item.kind === 'error') return this.#fail(new DedupProtocolError(item.error.code, `dedup sender: ${item.error.message}`), true);
       if (item.kind === 'header') {
+        if (item.header.returnPath !== this.returnPath) {
+          return this.#fail(
+            new DedupProtocolError('return-path-mismatch', `the dedup sender ${item.header.returnPath ? 'needs' : 'has no'} return path, this receiver ${this.returnPath ? 'carries one' : 'carries none'}`),
+            true,
+          );
+        }
         this.#window = item.header.windowBytes;
         if (this.#window < 64 * 1024) return this.#fail(new DedupProtocolError('malformed', `window of ${this.#window} bytes is below 64 KiB`), true);
       } else this.#onFrame(item.frame);
@@ -277,6 +358,7 @@ export class DedupReceiver {
   }
 
   #enqueue(entry: Entry): void {
+    if (this.#consumerGone) return this.#failConsumerGone();
     this.#entries.push(entry);
     this.#queuedBytes += entry.length;
     if (this.#queuedBytes > this.#window + MAX_CHUNK_BYTES) {
@@ -384,7 +466,7 @@ export class DedupReceiver {
       this.#ackedChunks = this.#stats.chunks;
       this.#push(encodeAck(this.#ackedChunks));
     }
-    if (caughtUp && this.#end !== undefined) this.#finish(this.#end);
+    if (caughtUp && this.#end !== undefined && !this.#forwardDone) this.#finish(this.#end);
   }
 
   #finish(end: { chunks: number; bytes: number }): void {
@@ -394,10 +476,17 @@ export class DedupReceiver {
         true,
       );
     }
-    this.#settled = true;
+    this.#forwardDone = true;
     this.#cache.clear();
     this.output.push(null);
     this.#push(encodeEnd(this.#stats.chunks, this.#stats.bytes));
+    this.#settleIfDone();
+  }
+
+  /** Both directions are over: the transfer is done. */
+  #settleIfDone(): void {
+    if (!this.#forwardDone || !this.#returnEnded || this.#settled) return;
+    this.#settled = true;
     this.#endWire();
     this.#resolve(this.stats);
   }
@@ -413,5 +502,8 @@ export class DedupReceiver {
     this.#endWire();
     this.#reject(error);
     if (!this.output.destroyed) this.output.destroy(error);
+    // Without the error (`done` carries it): a one-way receiver's input has nobody watching it.
+    this.#inputCallback = undefined;
+    if (!this.input.destroyed) this.input.destroy();
   }
 }

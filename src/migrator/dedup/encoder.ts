@@ -8,7 +8,12 @@
 // as a `need`. The sender sends at most `windowBytes` raw bytes beyond the receiver's acks and keeps a
 // copy of every unacknowledged ref's bytes, so it can always answer; a need for anything else fails the
 // transfer with DedupLiteralUnavailableError.
-import { Duplex, Writable } from 'node:stream';
+//
+// With `returnPath`, the receiver also carries its local end's bytes back, plainly, and they come out of
+// `output`; the transfer is done when both directions have ended. The chunker then also cuts a chunk
+// that has waited IDLE_FLUSH_MS for more input: the far end may be waiting for those bytes before it
+// answers (a post-copy page it asked for), so they must not wait for a content-defined boundary.
+import { Duplex, Readable, Writable } from 'node:stream';
 import { constants as zlibConstants, zstdCompressSync } from 'node:zlib';
 import { Chunker } from './common/chunker.ts';
 import { Serial } from './common/serial.ts';
@@ -22,6 +27,7 @@ import {
   encodeLiteral,
   encodeRef,
   type Frame,
+  type StreamHeader,
 } from './common/protocol.ts';
 import { abortCodeOf, DedupAbortedError, DedupLiteralUnavailableError, DedupProtocolError, internalError, remoteAbort } from './errors.ts';
 import { chunkHash, hashKey } from './hash.ts';
@@ -29,6 +35,8 @@ import type { ChunkStore } from './store.ts';
 
 export const DEFAULT_WINDOW_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_ZSTD_LEVEL = 1;
+/** With a return path: how long a partial chunk waits for more input before it is sent as it is. */
+export const IDLE_FLUSH_MS = 1;
 
 export interface DedupSenderOptions {
   /** Raw bytes sent beyond the receiver's acks (bounds both sides' memory). Default 16 MiB, at least 64 KiB. */
@@ -42,6 +50,8 @@ export interface DedupSenderOptions {
    * effort), so that when the VM comes back this side holds what it sent away, most recent first.
    */
   store?: ChunkStore;
+  /** The receiver carries its local end's bytes back, out of `output` (the receiver must agree). Default false. */
+  returnPath?: boolean;
 }
 
 export interface DedupSenderStats {
@@ -60,6 +70,8 @@ export interface DedupSenderStats {
   inventory: number;
   /** Needs answered with a literal. */
   needs: number;
+  /** Bytes that came back on the return path. */
+  returnBytes: number;
 }
 
 interface Unacked {
@@ -76,7 +88,7 @@ interface BatchChunk {
 
 /** A sender's counters before it has sent anything. */
 export function emptySenderStats(): DedupSenderStats {
-  return { chunks: 0, bytes: 0, literalChunks: 0, literalBytes: 0, refChunks: 0, refBytes: 0, literalWireBytes: 0, wireBytes: 0, inventory: 0, needs: 0 };
+  return { chunks: 0, bytes: 0, literalChunks: 0, literalBytes: 0, refChunks: 0, refBytes: 0, literalWireBytes: 0, wireBytes: 0, inventory: 0, needs: 0, returnBytes: 0 };
 }
 
 export class DedupSender {
@@ -84,10 +96,19 @@ export class DedupSender {
   readonly input: Writable;
   /** Join to the link stream: frames out, the receiver's frames in. */
   readonly wire: Duplex;
-  /** Resolves once the receiver confirmed every byte; rejects with a DedupError (or the wire's error). */
+  /**
+   * The return path's bytes (with `returnPath`); ends with it. Without a return path it ends, empty, once
+   * the transfer is done. Destroyed with the error if the transfer fails.
+   */
+  readonly output: Readable;
+  /**
+   * Resolves once the receiver confirmed every byte (and, with a return path, ended it); rejects with a
+   * DedupError (or the wire's error).
+   */
   readonly done: Promise<DedupSenderStats>;
 
   readonly windowBytes: number;
+  readonly returnPath: boolean;
   readonly level: number;
   readonly compress: boolean;
   readonly #store: ChunkStore | undefined;
@@ -115,6 +136,10 @@ export class DedupSender {
   #inputEnded = false;
   #finalCallback: ((error?: Error | null) => void) | undefined;
   #endSent = false;
+  /** With a return path: the timer that cuts a partial chunk after IDLE_FLUSH_MS without input. */
+  #idleFlush: NodeJS.Timeout | undefined;
+  /** The chunker's position when the idle timer was armed: more input since means not idle. */
+  #idleSince = -1;
 
   // wire side
   #wireBlocked = false;
@@ -134,6 +159,10 @@ export class DedupSender {
   #ackedChunks = 0;
   /** Bytes of unacknowledged refs, by key, with how many unacked refs use them. */
   #retained = new Map<string, { bytes: Uint8Array; count: number }>();
+  /** The receiver confirmed the forward bytes (its `end`). */
+  #confirmed = false;
+  /** The return path ended (its `return-end`), or there is none. */
+  #returnEnded: boolean;
 
   #stats: DedupSenderStats = emptySenderStats();
 
@@ -145,6 +174,11 @@ export class DedupSender {
     this.level = options.level ?? DEFAULT_ZSTD_LEVEL;
     this.compress = options.compress ?? true;
     this.#store = options.store;
+    this.returnPath = options.returnPath ?? false;
+    this.#returnEnded = !this.returnPath;
+    // Return bytes come as they come (the wire is never stopped, see below); a source end that stops reading
+    // them fails the transfer past a window's worth (see #onFrame).
+    this.output = new Readable({ highWaterMark: 256 * 1024, read: () => {} });
     this.done = new Promise<DedupSenderStats>((resolve, reject) => {
       this.#resolve = resolve;
       this.#reject = reject;
@@ -171,6 +205,7 @@ export class DedupSender {
         this.#run(() => {
           if (this.#failed) return callback(this.#error);
           this.#inputEnded = true;
+          this.#disarmIdleFlush();
           this.#cut(this.#chunker.end());
           this.#finalCallback = callback;
           this.#pump();
@@ -203,7 +238,7 @@ export class DedupSender {
         if (!this.#settled) this.#fail(new DedupProtocolError('truncated', 'the dedup stream closed before the transfer completed'), false);
       }),
     );
-    this.#push(encodeHeader({ role: 'sender', windowBytes: this.windowBytes }));
+    this.#push(encodeHeader({ role: 'sender', windowBytes: this.windowBytes, returnPath: this.returnPath }));
     this.#flushSmall();
   }
 
@@ -222,6 +257,32 @@ export class DedupSender {
     if (this.#failed || data.length === 0) return;
     this.#carry.push(data);
     this.#cut(this.#chunker.feed(data));
+  }
+
+  /**
+   * With a return path: cut what the chunker holds if no input comes for IDLE_FLUSH_MS after the queue
+   * drained. Not while input waits for the wire or the window: then more bytes are coming anyway, and
+   * cutting at each stall would cost dedup on a slow link.
+   */
+  #armIdleFlush(): void {
+    if (!this.returnPath || this.#failed || this.#inputEnded || this.#chunker.pending === 0) return;
+    this.#idleSince = this.#chunker.position;
+    if (this.#idleFlush === undefined) {
+      this.#idleFlush = setTimeout(() => this.#run(() => this.#flushIdle()), IDLE_FLUSH_MS);
+      this.#idleFlush.unref();
+    } else this.#idleFlush.refresh();
+  }
+
+  #flushIdle(): void {
+    if (this.#failed || this.#inputEnded || this.#chunker.pending === 0) return;
+    if (this.#chunker.position !== this.#idleSince || this.#writeCallback !== undefined) return;
+    this.#cut(this.#chunker.end());
+    this.#pump();
+  }
+
+  #disarmIdleFlush(): void {
+    clearTimeout(this.#idleFlush);
+    this.#idleFlush = undefined;
   }
 
   /** Moves the bytes up to each cut from #carry into the queue of chunks. */
@@ -309,6 +370,8 @@ export class DedupSender {
       const callback = this.#writeCallback;
       this.#writeCallback = undefined;
       callback?.();
+      // Everything taken in is sent but the chunker's tail: if nothing more comes, send that too.
+      this.#armIdleFlush();
       if (this.#inputEnded && !this.#endSent && this.#carry.length === 0) {
         this.#endSent = true;
         this.#push(encodeEnd(this.#stats.chunks, this.#stats.bytes));
@@ -396,8 +459,25 @@ export class DedupSender {
         this.#fail(new DedupProtocolError(item.error.code, `dedup receiver: ${item.error.message}`), true);
         return;
       }
-      if (item.kind === 'frame') this.#onFrame(item.frame);
+      if (item.kind === 'header') this.#onHeader(item.header);
+      else this.#onFrame(item.frame);
     }
+  }
+
+  #onHeader(header: StreamHeader): void {
+    if (header.returnPath !== this.returnPath) {
+      this.#fail(new DedupProtocolError('return-path-mismatch', `the dedup receiver ${header.returnPath ? 'carries' : 'does not carry'} a return path, this sender ${this.returnPath ? 'needs one' : 'has none'}`), true);
+    }
+  }
+
+  /** Both directions are over: the transfer is done. */
+  #settleIfDone(): void {
+    if (!this.#confirmed || !this.#returnEnded) return;
+    this.#settled = true;
+    this.#disarmIdleFlush();
+    if (!this.returnPath) this.output.push(null);
+    this.#endWire();
+    this.#resolve(this.stats);
   }
 
   #onFrame(frame: Frame): void {
@@ -440,18 +520,32 @@ export class DedupSender {
         return;
       }
       case 'end':
-        if (!this.#endSent) return this.#fail(new DedupProtocolError('bad-state', 'the receiver ended before the sender'), true);
+        if (!this.#endSent || this.#confirmed) return this.#fail(new DedupProtocolError('bad-state', 'the receiver ended before the sender'), true);
         if (frame.chunks !== this.#stats.chunks || frame.bytes !== this.#stats.bytes) {
           return this.#fail(
             new DedupProtocolError('count-mismatch', `the receiver rebuilt ${frame.chunks} chunks / ${frame.bytes} bytes of ${this.#stats.chunks} / ${this.#stats.bytes}`),
             true,
           );
         }
-        this.#settled = true;
+        this.#confirmed = true;
         this.#retained.clear();
-        this.#endWire();
-        this.#resolve(this.stats);
+        return this.#settleIfDone();
+      case 'return':
+        if (!this.returnPath || this.#returnEnded) return this.#fail(new DedupProtocolError('bad-state', 'return bytes on a stream without a return path, or after its end'), true);
+        this.#stats.returnBytes += frame.payload.length;
+        this.output.push(Buffer.from(frame.payload));
+        if (this.output.readableLength > this.windowBytes) {
+          return this.#fail(new DedupProtocolError('window-exceeded', `${this.output.readableLength} bytes of the return path are waiting for the local end to read them`), true);
+        }
         return;
+      case 'return-end':
+        if (!this.returnPath || this.#returnEnded) return this.#fail(new DedupProtocolError('bad-state', 'a return-end on a stream without a return path, or twice'), true);
+        if (frame.bytes !== this.#stats.returnBytes) {
+          return this.#fail(new DedupProtocolError('count-mismatch', `the receiver sent ${frame.bytes} return bytes, but ${this.#stats.returnBytes} arrived`), true);
+        }
+        this.#returnEnded = true;
+        this.output.push(null);
+        return this.#settleIfDone();
       case 'abort':
         return this.#fail(remoteAbort(frame.code, frame.message), false);
       default:
@@ -465,6 +559,7 @@ export class DedupSender {
     this.#settled = true;
     this.#failed = true;
     this.#error = error;
+    this.#disarmIdleFlush();
     this.#retained.clear();
     this.#queue = [];
     this.#carry = [];
@@ -477,6 +572,8 @@ export class DedupSender {
     this.#finalCallback = undefined;
     if (callback !== undefined) callback(error);
     else if (!this.input.destroyed) this.input.destroy(error);
+    // Without the error: `done` carries it, and a one-way stream's output has no reader to take it.
+    if (!this.output.destroyed) this.output.destroy();
   }
 }
 

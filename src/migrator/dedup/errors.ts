@@ -26,7 +26,7 @@ export class DedupLiteralUnavailableError extends DedupError {
 /** The peer broke the protocol (malformed frame, wrong version, bad literal, counts that do not add up). */
 export class DedupProtocolError extends DedupError {
   override readonly name = 'DedupProtocolError';
-  readonly code: ProtocolErrorCode | 'bad-literal' | 'bad-state' | 'window-exceeded' | 'count-mismatch' | 'truncated';
+  readonly code: ProtocolErrorCode | 'bad-literal' | 'bad-state' | 'window-exceeded' | 'count-mismatch' | 'truncated' | 'return-path-mismatch';
 
   constructor(code: DedupProtocolError['code'], message: string) {
     super(message);

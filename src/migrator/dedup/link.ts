@@ -1,11 +1,12 @@
-// The dedup transport on the link, for a one-way stream such as QEMU's pre-copy migration stream.
+// The dedup transport on the link, for QEMU's migration stream.
 //
 //   source:      QEMU ──unix──▶ dedupBridgeListener: DedupSender.input … DedupSender.wire ⇄ link.openStream(target)
 //   destination: link stream (exposeHandler(target, dedupStreamHandler(…))) ⇄ DedupReceiver.wire … output ──unix──▶ QEMU
 //
-// Only the local end's bytes towards the peer are deduplicated: nothing carries bytes the other way
-// (the destination's writes to its unix socket are never read), so this is not for streams that talk
-// back, such as QEMU's post-copy migration stream with its return path.
+// Only the source's bytes towards the destination are deduplicated. With `returnPath` (both ends must
+// say so), the destination's writes to its unix socket come back plainly (DedupReceiver.input …
+// DedupSender.output ──unix──▶ QEMU): QEMU's return path, which post-copy needs for its page requests.
+// Without it, the destination's socket is never read.
 //
 // Failure: any end failing ends the others. A DedupError on either side destroys the source's local
 // connection, so QEMU's `migrate` fails at once and the caller rolls back; the destination's QEMU
@@ -65,6 +66,8 @@ export interface DedupBridgeOptions {
   sender?: Omit<DedupSenderOptions, 'store'>;
   /** Called for each connection that failed, after its local end was closed. */
   onError?: (error: Error) => void;
+  /** Carry the destination's bytes back to the local client (the handler must say so too). Default false. */
+  returnPath?: boolean;
 }
 
 
@@ -103,9 +106,11 @@ export async function dedupBridgeListener(link: PeerLink, path: string, targetId
       local.destroy();
       return;
     }
-    const sender = new DedupSender({ ...options.sender, ...(store === undefined ? {} : { store }) });
+    const returnPath = options.returnPath ?? false;
+    const sender = new DedupSender({ ...options.sender, returnPath, ...(store === undefined ? {} : { store }) });
     open.set(local, sender);
     sender.input.on('error', () => {});
+    sender.output.on('error', () => {});
     sender.wire.on('error', () => {});
     splice(sender.wire, stream, {
       label: `dedup stream ${targetId}`,
@@ -115,12 +120,14 @@ export async function dedupBridgeListener(link: PeerLink, path: string, targetId
     // QEMU's EOF ends the input (the sender then sends its end and waits for the receiver's); a local end
     // that goes away without EOF (QEMU killed) is a cancel, which the receiver hears.
     local.pipe(sender.input);
+    // The return path's end ends our side of the local connection.
+    if (returnPath) sender.output.pipe(local);
     local.once('close', () => {
       if (!local.readableEnded) sender.abort(new DedupAbortedError('cancelled', 'the local end of the stream closed before its end (QEMU stopped sending)', false));
     });
     sender.done.then(
       () => {
-        // Every byte reached the other side; nothing comes back on a one-way stream: close our end.
+        // Every byte reached the other side (and the return path, if any, was delivered): close our end.
         local.end();
       },
       (error: unknown) => failed(local, error instanceof Error ? error : new Error(String(error))),
@@ -175,6 +182,8 @@ export interface DedupStreamHandlerOptions {
   receiver?: Omit<DedupReceiverOptions, 'store'>;
   /** How each stream ended: the receiver's figures, or its error. */
   onDone?: (result: { stats: DedupReceiverStats } | { error: Error }) => void;
+  /** Carry what QEMU writes to the socket back to the source (the bridge must say so too). Default false. */
+  returnPath?: boolean;
 }
 
 /**
@@ -200,15 +209,28 @@ export function dedupStreamHandler(unixPath: string, options: DedupStreamHandler
         options.onDone?.({ error: new DedupProtocolError('truncated', 'the stream closed before it was served') });
         return;
       }
-      const receiver = new DedupReceiver({ ...options.receiver, ...(store === undefined ? {} : { store }) });
+      const returnPath = options.returnPath ?? false;
+      const receiver = new DedupReceiver({ ...options.receiver, returnPath, ...(store === undefined ? {} : { store }) });
       receiver.wire.on('error', () => {});
       receiver.output.on('error', () => {});
+      receiver.input.on('error', () => {});
       splice(receiver.wire, stream, { label: `dedup stream to ${unixPath}` });
       receiver.output.pipe(unix);
       let settled = false;
-      unix.once('close', () => {
-        if (!settled) receiver.abort(new DedupAbortedError('cancelled', 'the destination closed its socket before the end of the stream (QEMU stopped receiving)', false));
-      });
+      const stopped = () => new DedupAbortedError('cancelled', 'the destination closed its socket before the end of the stream (QEMU stopped receiving)', false);
+      if (returnPath) {
+        // QEMU's return path: its end (QEMU closes the socket once it has read the stream's end, which may
+        // be before the source closes its side) is the return path's end, not a failure.
+        unix.pipe(receiver.input);
+        unix.once('close', () => receiver.consumerClosed(unix.writableLength));
+        unix.once('error', () => {
+          if (!settled) receiver.abort(stopped());
+        });
+      } else {
+        unix.once('close', () => {
+          if (!settled) receiver.abort(stopped());
+        });
+      }
       receiver.done.then(
         (stats) => {
           settled = true;

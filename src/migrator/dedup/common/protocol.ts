@@ -1,7 +1,7 @@
 // The dedup transport's wire format (pure). Each direction of a dedup stream starts with a 12-byte header,
 // then carries frames: a 4-byte big-endian body length, then the body, whose first byte is the frame type.
 //
-//   header   'SBDD' | version u8 | role u8 (1 sender, 2 receiver) | flags u16 (0) | window u32
+//   header   'SBDD' | version u8 | role u8 (1 sender, 2 receiver) | flags u16 (1: return path) | window u32
 //   literal  1 | flags u8 (1 compressed, 2 answer) | n u8 | n × (hash[16] | length u16) | payload
 //   ref      2 | hash[16] | length u16
 //   need     3 | hash[16]
@@ -9,8 +9,13 @@
 //   have     5 | last u8 | n u16 | n × hash[16]
 //   ack      6 | chunks u64
 //   abort    7 | code u8 | length u16 | UTF-8 message
+//   return   8 | raw bytes (1..64 KiB)
+//   return-end 9 | bytes u64
 //
-// Sender → receiver: literal, ref, end, abort. Receiver → sender: have, ack, need, end, abort.
+// Sender → receiver: literal, ref, end, abort. Receiver → sender: have, ack, need, end, abort, return,
+// return-end. With the `return path` flag (both headers must carry the same), the receiver also carries
+// its local end's bytes back to the sender, plainly (`return` frames, then `return-end` with their count):
+// for streams whose far end talks back, such as QEMU's post-copy stream with its page requests.
 // A literal carries 1..64 consecutive chunks (at most 64 KiB raw) whose bytes, concatenated, are the
 // payload: zstd-compressed as one frame when `compressed`, else raw. An `answer` literal is not part of
 // the stream: it supplies chunks the receiver asked for with `need`. u64 values stay below 2^53.
@@ -36,7 +41,8 @@ export const MAX_ABORT_MESSAGE_BYTES = 1024;
 export const MAX_FRAME_BODY_BYTES = 3 + MAX_BATCH_CHUNKS * (HASH_BYTES + 2) + MAX_BATCH_BYTES;
 export { MAX_CHUNK_BYTES };
 
-const TYPE = { literal: 1, ref: 2, need: 3, end: 4, have: 5, ack: 6, abort: 7 } as const;
+const TYPE = { literal: 1, ref: 2, need: 3, end: 4, have: 5, ack: 6, abort: 7, return: 8, 'return-end': 9 } as const;
+const HEADER_RETURN_PATH = 1;
 const LITERAL_COMPRESSED = 1;
 const LITERAL_ANSWER = 2;
 const U64_HI_LIMIT = 2 ** 21; // hi word below 2^21: the value is below 2^53
@@ -48,6 +54,8 @@ export interface StreamHeader {
   role: Role;
   /** Sender: the most raw bytes it sends ahead of the receiver's acks. Receiver: 0. */
   windowBytes: number;
+  /** The receiver carries its local end's bytes back (`return` frames). */
+  returnPath: boolean;
 }
 
 export const ABORT_CODES = ['literal-unavailable', 'protocol', 'cancelled', 'internal'] as const;
@@ -65,13 +73,15 @@ export type Frame =
   | { type: 'end'; chunks: number; bytes: number }
   | { type: 'have'; last: boolean; hashes: Uint8Array[] }
   | { type: 'ack'; chunks: number }
-  | { type: 'abort'; code: AbortCode; message: string };
+  | { type: 'abort'; code: AbortCode; message: string }
+  | { type: 'return'; payload: Uint8Array }
+  | { type: 'return-end'; bytes: number };
 
 export type FrameType = Frame['type'];
 
 const SENT_BY: Record<Role, ReadonlySet<FrameType>> = {
   sender: new Set<FrameType>(['literal', 'ref', 'end', 'abort']),
-  receiver: new Set<FrameType>(['have', 'ack', 'need', 'end', 'abort']),
+  receiver: new Set<FrameType>(['have', 'ack', 'need', 'end', 'abort', 'return', 'return-end']),
 };
 
 export type ProtocolErrorCode = 'bad-magic' | 'unsupported-version' | 'wrong-role' | 'too-large' | 'malformed' | 'unknown-frame' | 'unexpected-frame';
@@ -107,12 +117,14 @@ function setU64(view: DataView, offset: number, value: number): void {
   view.setUint32(offset + 4, value >>> 0, false);
 }
 
-export function encodeHeader(header: Omit<StreamHeader, 'version'> & { version?: number }): Uint8Array {
+export function encodeHeader(header: Omit<StreamHeader, 'version' | 'returnPath'> & { version?: number; returnPath?: boolean }): Uint8Array {
   const bytes = new Uint8Array(HEADER_BYTES);
   bytes.set(MAGIC, 0);
   bytes[4] = header.version ?? DEDUP_PROTOCOL_VERSION;
   bytes[5] = header.role === 'sender' ? 1 : 2;
-  new DataView(bytes.buffer).setUint32(8, header.windowBytes >>> 0, false);
+  const view = new DataView(bytes.buffer);
+  view.setUint16(6, header.returnPath === true ? HEADER_RETURN_PATH : 0, false);
+  view.setUint32(8, header.windowBytes >>> 0, false);
   return bytes;
 }
 
@@ -183,6 +195,21 @@ export function encodeHave(hashes: readonly Uint8Array[], last: boolean): Uint8A
 export function encodeAck(chunks: number): Uint8Array {
   const { bytes, view } = frame(TYPE.ack, 9);
   setU64(view, FRAME_PREFIX_BYTES + 1, chunks);
+  return bytes;
+}
+
+/** Bytes of the receiver's local end, carried back as they are (1..64 KiB). */
+export function encodeReturn(payload: Uint8Array): Uint8Array {
+  if (payload.length < 1 || payload.length > MAX_BATCH_BYTES) throw new RangeError(`a return frame carries 1..${MAX_BATCH_BYTES} bytes, not ${payload.length}`);
+  const { bytes } = frame(TYPE.return, 1 + payload.length);
+  bytes.set(payload, FRAME_PREFIX_BYTES + 1);
+  return bytes;
+}
+
+/** The end of the return path, with the number of bytes it carried. */
+export function encodeReturnEnd(totalBytes: number): Uint8Array {
+  const { bytes, view } = frame(TYPE['return-end'], 9);
+  setU64(view, FRAME_PREFIX_BYTES + 1, totalBytes);
   return bytes;
 }
 
@@ -278,8 +305,9 @@ export class DedupDecoder {
       const role: Role | undefined = roleByte === 1 ? 'sender' : roleByte === 2 ? 'receiver' : undefined;
       if (role !== this.peer) return fault('wrong-role', `expected a ${this.peer}'s header, got role byte ${roleByte}`);
       const view = new DataView(h.buffer, h.byteOffset, h.byteLength);
-      if (view.getUint16(6, false) !== 0) return fault('malformed', 'unknown header flags');
-      this.#header = { version, role, windowBytes: view.getUint32(8, false) };
+      const flags = view.getUint16(6, false);
+      if ((flags & ~HEADER_RETURN_PATH) !== 0) return fault('malformed', 'unknown header flags');
+      this.#header = { version, role, windowBytes: view.getUint32(8, false), returnPath: (flags & HEADER_RETURN_PATH) !== 0 };
       return { kind: 'header', header: this.#header };
     }
     if (this.#length === undefined) {
@@ -376,6 +404,17 @@ export class DedupDecoder {
         if (code === undefined) return fault('malformed', `unknown abort code ${body[1]}`);
         if (length > MAX_ABORT_MESSAGE_BYTES || n !== 4 + length) return fault('malformed', 'abort frame of wrong size');
         decoded = { type: 'abort', code, message: utf8Decoder.decode(body.subarray(4)) };
+        break;
+      }
+      case TYPE.return:
+        if (n < 2 || n > 1 + MAX_BATCH_BYTES) return fault('malformed', `return frame of ${n - 1} bytes`);
+        decoded = { type: 'return', payload: body.subarray(1) };
+        break;
+      case TYPE['return-end']: {
+        if (n !== 9) return fault('malformed', 'return-end frame of wrong size');
+        const bytes = u64At(1);
+        if (bytes === undefined) return fault('malformed', 'return-end count out of range');
+        decoded = { type: 'return-end', bytes };
         break;
       }
       default:
