@@ -37,7 +37,7 @@ import { dedupBridgeListener, dedupStreamHandler, type DedupBridge } from '../mi
 
 const STREAM_MIGRATION = 'migration';
 const STREAM_NBD = 'nbd';
-/** The memory stream through the dedup transport (pre-copy only: see docs/migration.md). */
+/** The memory stream through the dedup transport (with a return path for post-copy: see docs/migration.md). */
 const STREAM_MIGRATION_DEDUP = 'migration-dd';
 /** Switchover waits for the device state and a guest resume: generous, the stream may be slow. */
 const SWITCHOVER_TIMEOUT_MS = 10 * 60_000;
@@ -46,7 +46,7 @@ interface PrepareWireReply {
   nbdTarget: string;
   nbdExport: string;
   migrationTarget: string;
-  /** The same stream through the dedup transport; offered for pre-copy only. */
+  /** The same stream through the dedup transport. */
   migrationDedupTarget?: string;
 }
 
@@ -104,16 +104,16 @@ class RemoteDestination implements DestinationSite {
     const nbd = await bridgeListener(this.link, join(this.runDir, `${short}-nbd.sock`), reply.nbdTarget, { once: true });
     const migrationPath = join(this.runDir, `${short}-mig.sock`);
     const stores = this.chunkStores;
-    if (stores !== undefined && !request.postcopy && reply.migrationDedupTarget !== undefined) {
+    if (stores !== undefined && reply.migrationDedupTarget !== undefined) {
       const { name, memoryMiB } = request.spec;
       this.bridges = { nbd, migration: undefined };
-      this.dedupBridge = await dedupBridgeListener(this.link, migrationPath, reply.migrationDedupTarget, { store: () => stores.get(name, memoryMiB) });
+      // Post-copy's page requests come back on the same connection: the return path carries them.
+      this.dedupBridge = await dedupBridgeListener(this.link, migrationPath, reply.migrationDedupTarget, {
+        store: () => stores.get(name, memoryMiB),
+        returnPath: request.postcopy,
+      });
     } else {
-      if (stores !== undefined) {
-        this.dedupSkipped = request.postcopy
-          ? 'post-copy: QEMU\'s return path (page requests from the destination) is not carried by the dedup transport'
-          : 'the destination does not offer it';
-      }
+      if (stores !== undefined) this.dedupSkipped = 'the destination does not offer it (an older snowbird)';
       this.bridges = { nbd, migration: await bridgeListener(this.link, migrationPath, reply.migrationTarget, { once: true }) };
     }
     return { nbdSocket: nbd.path, nbdExport: reply.nbdExport, migrationSocket: migrationPath };
@@ -323,18 +323,17 @@ export class MigrationService {
       const targets = targetIds(p.migrationId);
       link.exposeTarget(targets.nbd, reply.nbdSocket);
       link.exposeTarget(targets.migration, reply.migrationSocket);
-      // Pre-copy's stream is one-way: the source may send it through dedup instead (its choice).
+      // The source may send the stream through dedup instead (its choice); post-copy's return path comes back through it.
       const { name, memoryMiB } = p.spec;
-      if (!p.postcopy) {
-        link.exposeHandler(targets.dedup, dedupStreamHandler(reply.migrationSocket, {
-          store: () => this.chunkStores.get(name, memoryMiB),
-          onDone: (result) => {
-            if ('error' in result) this.deps.log(`incoming dedup memory stream of ${name} (migration ${p.migrationId}) failed: ${result.error.message}`);
-          },
-        }));
-      }
+      link.exposeHandler(targets.dedup, dedupStreamHandler(reply.migrationSocket, {
+        store: () => this.chunkStores.get(name, memoryMiB),
+        returnPath: p.postcopy,
+        onDone: (result) => {
+          if ('error' in result) this.deps.log(`incoming dedup memory stream of ${name} (migration ${p.migrationId}) failed: ${result.error.message}`);
+        },
+      }));
       this.deps.store.getState().setVm({ name, location: 'moving', state: 'incoming' });
-      return { nbdTarget: targets.nbd, nbdExport: reply.nbdExport, migrationTarget: targets.migration, ...(p.postcopy ? {} : { migrationDedupTarget: targets.dedup }) } satisfies PrepareWireReply;
+      return { nbdTarget: targets.nbd, nbdExport: reply.nbdExport, migrationTarget: targets.migration, migrationDedupTarget: targets.dedup } satisfies PrepareWireReply;
     });
     handle('migration.switchover', async (p) => (await this.open()).destination.switchover(p));
     handle('migration.recover-postcopy', async (p) => {
