@@ -339,14 +339,15 @@ async function runBaseline(root: string, wan: Wan, spec: VmSpec, cleanup: Cleanu
 }
 
 // ── ours ────────────────────────────────────────────────────────────────────────────────────────
-async function move(sites: SnowbirdSites, wan: Wan, to: 'core' | 'edge', dedup: boolean): Promise<{ leg: Leg; record: MigrationRecord }> {
+/** `auto`: the default, which measures the link and the transport before each move. */
+async function move(sites: SnowbirdSites, wan: Wan, to: 'core' | 'edge', dedup: 'on' | 'off' | 'auto'): Promise<{ leg: Leg; record: MigrationRecord }> {
   const before = await readWire(wan.hostInterface);
-  const r = await runCli(['--data', sites.edgeDir, 'migrate', VM, '--to', to, '--strategy', 'precopy', '--json', ...(dedup ? ['--dedup'] : [])]);
+  const r = await runCli(['--data', sites.edgeDir, 'migrate', VM, '--to', to, '--strategy', 'precopy', '--json', ...(dedup === 'auto' ? [] : ['--dedup', dedup])]);
   const wire = wireDelta(before, await readWire(wan.hostInterface));
   if (r.code !== 0 && r.code !== 2) throw new Error(`snowbird migrate ${VM} --to ${to} failed (exit ${r.code}): ${r.stderr.trim()}\n${sites.logTail()}`);
   const record = JSON.parse(r.stdout) as MigrationRecord;
-  if (record.outcome !== 'committed') throw new Error(`snowbird migrate --to ${to}${dedup ? ' --dedup' : ''}: ${record.failedPhase ?? '?'}: ${record.error ?? '?'}\n${sites.logTail()}`);
-  if (dedup && !record.dedup?.used) throw new Error(`snowbird migrate --dedup did not use dedup: ${record.dedup?.reason ?? 'no dedup report'}`);
+  if (record.outcome !== 'committed') throw new Error(`snowbird migrate --to ${to} --dedup ${dedup}: ${record.failedPhase ?? '?'}: ${record.error ?? '?'}\n${sites.logTail()}`);
+  if (dedup === 'on' && !record.dedup?.used) throw new Error(`snowbird migrate --dedup did not use dedup: ${record.dedup?.reason ?? 'no dedup report'}`);
   const streams = Object.entries(record.streamBytes).map(([k, v]) => `${k} ${mebibytes(v)}`).join(' + ');
   const phases = ['plan', 'prepare', 'disk', 'memory', 'switchover', 'commit'].map((ph) => (((record.phaseMs as Record<string, number | undefined>)[ph] ?? 0) / 1000).toFixed(1)).join('/');
   const d = record.dedup;
@@ -372,14 +373,18 @@ async function runOurs(sites: SnowbirdSites, wan: Wan, results: Results, cleanup
   results.fill = await guestMust(sites.controlSocket(VM, 'edge'), { type: 'fill', mib: config.fillMiB });
   log(`ours: disk checker stopped; fill ${config.fillMiB}: ${results.fill}`);
   // Not measured: the first moves to each site also carry one-time transfers (the boot images).
-  log('ours: a first round trip with --dedup (not measured)');
-  results.warmup = { out: (await move(sites, wan, 'core', true)).leg };
-  results.warmup.back = (await move(sites, wan, 'edge', true)).leg;
-  log(`ours: first round trip: ${mebibytes(results.warmup.out?.wireBytes)} out, ${mebibytes(results.warmup.back.wireBytes)} back on the wire`);
+  // With the default (auto): on this link it must choose dedup, or the default does not win where it should.
+  log('ours: a first round trip with the default dedup choice (auto; not measured)');
+  const out = await move(sites, wan, 'core', 'auto');
+  const back = await move(sites, wan, 'edge', 'auto');
+  for (const leg of [out, back]) log(`ours: default dedup choice ${leg.record.from}→${leg.record.to}: ${leg.record.dedup?.reason ?? '?'}`);
+  if (!out.record.dedup?.used || !back.record.dedup?.used) throw new Error(`the default (auto) did not choose dedup on the ${config.rateMbit} Mbit/s link: ${out.record.dedup?.reason} / ${back.record.dedup?.reason}`);
+  results.warmup = { out: out.leg, back: back.leg };
+  log(`ours: first round trip: ${mebibytes(out.leg.wireBytes)} out, ${mebibytes(back.leg.wireBytes)} back on the wire`);
   for (const r of results.fractions) {
-    for (const [name, dedup] of [['ours + dedup', true], ['ours', false]] as const) {
+    for (const [name, dedup] of [['ours + dedup', 'on'], ['ours', 'off']] as const) {
       if (cleanup.interrupted) return;
-      const c: Contender = dedup ? r.dedup : r.ours;
+      const c: Contender = dedup === 'on' ? r.dedup : r.ours;
       try {
         log(`${name} ${r.percent} %: edge→core`);
         c.out = (await move(sites, wan, 'core', dedup)).leg;
@@ -389,7 +394,7 @@ async function runOurs(sites: SnowbirdSites, wan: Wan, results: Results, cleanup
         back.leg.guest = await checkAfterReturn(sites.controlSocket(VM, 'edge'), uptime);
         c.back = back.leg;
         const d = back.record.dedup;
-        if (dedup && d) r.dedup.raw = { rawBytes: d.rawBytes, refBytes: d.refBytes ?? 0, needs: d.needs ?? 0 };
+        if (dedup === 'on' && d) r.dedup.raw = { rawBytes: d.rawBytes, refBytes: d.refBytes ?? 0, needs: d.needs ?? 0 };
         log(`${name} ${r.percent} %: return ${seconds(c.back.wallMs)}, ${mebibytes(c.back.wireBytes)} on the wire (memory stream ${mebibytes(c.back.memoryBytes)}); guest ${c.back.guest?.summary}`);
       } catch (error) {
         c.error = (error as Error).message;

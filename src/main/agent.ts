@@ -172,7 +172,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
     history,
     log,
     onSwitched: (vm, site) => void displays?.moved(vm, site),
-    ...(config ? { defaultMaxBandwidth: () => bandwidthCapBytesPerS(config.current()) } : {}),
+    ...(config ? { defaultMaxBandwidth: () => bandwidthCapBytesPerS(config.current()), defaultDedup: () => config.current().migration?.dedup } : {}),
   });
   await migrations.recover();
   const sensors = new VmSensors(library, log);

@@ -16,7 +16,7 @@ import { CONFIG_KEYS, patchAt, type ConfigPatch, type ConfigReply } from '../sha
 import { runAgent } from './agent.ts';
 import { openInBrowser, type OpenedIn } from './app-launcher.ts';
 import { start } from './start.ts';
-import type { SiteRole } from '../shared/migration.ts';
+import { DEDUP_MODES, type DedupMode, type SiteRole } from '../shared/migration.ts';
 import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
 import { decisionChanges, describeDecision, formatTrace, parseTrace, replay } from '../interaction-detect/common/trace.ts';
 
@@ -262,9 +262,13 @@ program
   .addOption(new Option('--strategy <strategy>', 'memory strategy: precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (short pre-copy, then post-copy)').choices(['precopy', 'hybrid', 'postcopy']))
   .option('--bandwidth <Mbit/s>', 'cap the memory stream', bandwidth)
   .option('--downtime <ms>', 'longest acceptable pause at switchover', positiveInt)
-  .option('--dedup', 'pre-copy only: send the memory stream through the dedup transport (chunks the other site holds travel as references): far fewer bytes, more CPU; pays on slow links', false)
+  .addOption(
+    new Option('--dedup [mode]', 'the memory stream through the dedup transport (chunks the other site holds travel as references, the rest zstd-compressed): far fewer bytes, more CPU. auto: when the link is the bottleneck (both measured before the move); on (the same as a bare --dedup); off. Default: the settings file\'s migration.dedup, else auto')
+      .choices(DEDUP_MODES)
+      .preset('on'),
+  )
   .option('--json', 'print the migration record as JSON', false)
-  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; dedup: boolean; json: boolean }, command: Command) => {
+  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; dedup?: DedupMode; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
     let lastPhase = '';
     let migrationId: string | undefined;
@@ -290,7 +294,7 @@ program
           ...(opts.strategy ? { strategy: opts.strategy } : {}),
           ...(opts.bandwidth ? { maxBandwidth: opts.bandwidth } : {}),
           ...(opts.downtime ? { downtimeLimitMs: opts.downtime } : {}),
-          ...(opts.dedup ? { dedup: true } : {}),
+          ...(opts.dedup ? { dedup: opts.dedup } : {}),
         },
         (progress) => {
           // stdout carries the record (--json) or the summary; progress goes to stderr either way.

@@ -60,7 +60,8 @@ export function formatDedup(r: MigrationRecord): string | undefined {
   const saved = d.rawBytes > 0 ? ` (${((wire / d.rawBytes) * 100).toFixed(1)}%)` : '';
   const refs = d.refBytes ? `, ${formatBytes(d.refBytes)} of it already at the ${r.to}` : '';
   const failed = d.failed ? `; FAILED: ${d.failed}` : '';
-  return `memory stream ${formatBytes(d.rawBytes)} from QEMU → ${formatBytes(wire)} on the link${saved}${refs}${d.needs ? `, ${d.needs} chunk(s) re-sent` : ''}${failed}`;
+  const why = d.reason ? ` [${d.reason}]` : '';
+  return `memory stream ${formatBytes(d.rawBytes)} from QEMU → ${formatBytes(wire)} on the link${saved}${refs}${d.needs ? `, ${d.needs} chunk(s) re-sent` : ''}${failed}${why}`;
 }
 
 /** A record's bytes on the link, with the memory stream's raw size when dedup carried it (the history table). */

@@ -26,13 +26,16 @@ import { VmHandle } from '../migrator/qemu/vm.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
 import { applyCpuLimit } from '../migrator/qemu/cpu-limit.ts';
 import { IMAGE_CHUNK_BYTES, PEER_EVENT_PROGRESS, peerMethods, type PeerParams } from '../shared/peer-api.ts';
-import { MIGRATION_PHASES, migrationProgressSchema, type MigrationProgress, type MigrationRecord, type SiteRole } from '../shared/migration.ts';
+import { MIGRATION_PHASES, migrationProgressSchema, type DedupMode, type MigrationProgress, type MigrationRecord, type SiteRole } from '../shared/migration.ts';
 import type { CancelReply, LocalCommand } from '../shared/local-api.ts';
 import { LocalApiError } from './local-api/server.ts';
 import type { History } from './history.ts';
 import type { AgentStore } from './store.ts';
 import type { VmLibrary } from './vm-library.ts';
 import { ChunkStores } from './chunk-stores.ts';
+import { chooseDedup, type DedupChoice } from '../migrator/dedup/common/choice.ts';
+import { measureSenderThroughput } from '../migrator/dedup/calibrate.ts';
+import { exposeLinkProbe, probeLink } from '../migrator/link/probe.ts';
 import { dedupBridgeListener, dedupStreamHandler, type DedupBridge } from '../migrator/dedup/link.ts';
 
 const STREAM_MIGRATION = 'migration';
@@ -60,8 +63,10 @@ type DedupReport = NonNullable<MigrationRecord['dedup']>;
 class RemoteDestination implements DestinationSite {
   private readonly link: PeerLink;
   private readonly runDir: string;
-  /** Set when the memory stream should go through the dedup transport (if the strategy allows). */
+  /** Set when the memory stream should go through the dedup transport. */
   private readonly chunkStores: ChunkStores | undefined;
+  /** How dedup was chosen, or why not (for the record). */
+  private readonly dedupChoice: DedupChoice;
   private bridges: { nbd: BridgeListener; migration: BridgeListener | undefined } | undefined;
   private readonly extraBridges: BridgeListener[] = [];
   /** The memory stream's bridge when it goes through dedup (kept after close: its counters stay). */
@@ -70,10 +75,11 @@ class RemoteDestination implements DestinationSite {
   /** Bytes of plain bridges already closed (their counters are kept after close). */
   private closedBytes = { disk: 0, memory: 0 };
 
-  constructor(link: PeerLink, runDir: string, chunkStores?: ChunkStores) {
+  constructor(link: PeerLink, runDir: string, dedup: { choice: DedupChoice; stores: ChunkStores }) {
     this.link = link;
     this.runDir = runDir;
-    this.chunkStores = chunkStores;
+    this.dedupChoice = dedup.choice;
+    this.chunkStores = dedup.choice.use ? dedup.stores : undefined;
   }
 
   plan(request: PlanRequest): Promise<PlanReply> {
@@ -159,14 +165,14 @@ class RemoteDestination implements DestinationSite {
     };
   }
 
-  /** For the record, when dedup was asked for: used or why not, QEMU's raw bytes, and its failure if it failed. */
-  dedupReport(): DedupReport | undefined {
-    if (this.chunkStores === undefined) return undefined;
+  /** For the record: used or why not, QEMU's raw bytes, and its failure if it failed. */
+  dedupReport(): DedupReport {
     const plain = this.plainBytes().memory;
     const stats = this.dedupBridge?.stats;
-    if (stats === undefined) return { used: false, ...(this.dedupSkipped ? { reason: this.dedupSkipped } : {}), rawBytes: plain };
+    if (stats === undefined) return { used: false, reason: this.dedupSkipped ?? this.dedupChoice.reason, rawBytes: plain };
     return {
       used: true,
+      reason: this.dedupChoice.reason,
       rawBytes: stats.rawBytes + plain,
       refBytes: stats.sender.refBytes,
       needs: stats.sender.needs,
@@ -233,7 +239,12 @@ export interface MigrationServiceDeps {
   onSwitched?: (vm: string, site: SiteRole) => void;
   /** The memory stream cap (bytes/s) for moves that set none: the settings file's, read at each move. */
   defaultMaxBandwidth?: () => number | undefined;
+  /** The dedup mode for moves that set none: the settings file's, read at each move (else auto). */
+  defaultDedup?: () => DedupMode | undefined;
 }
+
+/** How long a measurement of the link or of the dedup sender stands for the `auto` dedup choice. */
+const DEDUP_MEASUREMENT_TTL_MS = 5 * 60_000;
 
 export class MigrationService {
   private readonly deps: MigrationServiceDeps;
@@ -244,6 +255,9 @@ export class MigrationService {
   private stores: Promise<{ layers: LayerStore; images: ImageStore; destination: MigrationDestination }> | undefined;
   /** Per-VM dedup chunk stores (`<data>/chunks/<vm>/`), used by either end of a memory stream. */
   private readonly chunkStores: ChunkStores;
+  /** The latest measurements for the `auto` dedup choice: per link, and of this machine's dedup sender. */
+  private readonly linkThroughput = new WeakMap<PeerLink, { at: number; bitsPerSecond: number | undefined }>();
+  private senderThroughput: { at: number; bitsPerSecond: number | undefined } | undefined;
 
   constructor(deps: MigrationServiceDeps) {
     this.deps = deps;
@@ -295,6 +309,7 @@ export class MigrationService {
     const handle = <M extends keyof typeof peerMethods>(method: M, handler: (params: PeerParams<M>) => Promise<unknown>): void => {
       link.handle(method, peerMethods[method], (params) => handler(params as PeerParams<M>));
     };
+    exposeLinkProbe(link);
     const uploads = new Map<string, { file: string; size: number }>();
     handle('migration.plan', async (p) => (await this.open()).destination.plan(p));
     handle('migration.image-chunk', async (p) => {
@@ -356,7 +371,7 @@ export class MigrationService {
     handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm, p.migrationId));
     handle('vm.migrate-out', async (p) => {
       const options: MigrationOptions = { strategy: p.options.strategy, ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}), ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}) };
-      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? false);
+      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? 'auto');
     });
     // A link that drops before the guest resumed here leaves the VM at the source: tear down what
     // we prepared. After the resume the guest is ours, whatever the source heard.
@@ -394,7 +409,8 @@ export class MigrationService {
         this.inFlight.delete(name);
         continue;
       }
-      const destination = new RemoteDestination(link, this.runDir);
+      // Recovery moves no memory stream of its own (a post-copy resumes over a plain bridge).
+      const destination = new RemoteDestination(link, this.runDir, { choice: chooseDedup({ mode: 'off' }), stores: this.chunkStores });
       let vm: VmHandle | undefined;
       try {
         vm = await VmHandle.adopt(name, this.deps.library.paths(name)).catch(() => undefined);
@@ -482,7 +498,7 @@ export class MigrationService {
       ...(maxBandwidth ? { maxBandwidth } : {}),
       ...(command.downtimeLimitMs ? { downtimeLimitMs: command.downtimeLimitMs } : {}),
     };
-    const dedup = command.dedup ?? false;
+    const dedup = command.dedup ?? this.deps.defaultDedup?.() ?? 'auto';
     let switched = false;
     const publish = (p: MigrationProgress): void => {
       this.deps.store.getState().setProgress(p);
@@ -531,8 +547,34 @@ export class MigrationService {
     return { requested: true, detail: `cancelling the migration of "${vm}": it rolls back unless the guest already switched over` };
   }
 
+  /**
+   * Whether this move's memory stream goes through dedup (see dedup/common/choice.ts). `auto` measures
+   * this machine's dedup sender (~0.1 s) and the link (~0.3 s), one after the other so that neither
+   * slows the other, and keeps the figures for a few minutes.
+   */
+  private async chooseDedup(link: PeerLink, mode: DedupMode, capBytesPerSecond: number | undefined): Promise<DedupChoice> {
+    if (mode !== 'auto') return chooseDedup({ mode });
+    const now = Date.now();
+    const fresh = (m: { at: number } | undefined): boolean => m !== undefined && now - m.at < DEDUP_MEASUREMENT_TTL_MS;
+    let sender = this.senderThroughput;
+    if (!fresh(sender)) {
+      sender = { at: now, bitsPerSecond: await measureSenderThroughput().catch(() => undefined) };
+      this.senderThroughput = sender;
+    }
+    let measured = this.linkThroughput.get(link);
+    if (!fresh(measured)) {
+      const probe = await probeLink(link).catch((error: unknown) => {
+        this.deps.log(`could not measure the link to ${link.peer.name}: ${(error as Error).message}`);
+        return undefined;
+      });
+      measured = { at: now, bitsPerSecond: probe?.bitsPerSecond };
+      this.linkThroughput.set(link, measured);
+    }
+    return chooseDedup({ mode, linkBitsPerSecond: measured?.bitsPerSecond, senderBitsPerSecond: sender?.bitsPerSecond, capBytesPerSecond });
+  }
+
   /** Runs the orchestrator for a VM that runs here, towards the peer on `link`. */
-  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void, dedup = true): Promise<MigrationRecord> {
+  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void, dedup: DedupMode): Promise<MigrationRecord> {
     if (this.inFlight.has(name)) throw new LocalApiError('busy', `VM "${name}" is already moving`);
     // Marked busy before the first await: a recovery or a second move cannot slip in between.
     this.inFlight.add(name);
@@ -547,7 +589,9 @@ export class MigrationService {
     const from = this.deps.role;
     const to = this.peerRole;
     const startedAt = new Date().toISOString();
-    const destination = new RemoteDestination(link, this.runDir, dedup ? this.chunkStores : undefined);
+    const choice = await this.chooseDedup(link, dedup, options.maxBandwidth);
+    this.deps.log(`migration of ${name} ${from}→${to}: dedup ${choice.reason}`);
+    const destination = new RemoteDestination(link, this.runDir, { choice, stores: this.chunkStores });
     let vm: VmHandle | undefined;
     try {
       const { layers } = await this.open();
@@ -574,9 +618,9 @@ export class MigrationService {
       const wire = destination.wireBytes();
       const dedupReport = destination.dedupReport();
       // The dedup transport broke the memory stream (the orchestrator saw QEMU's stream fail): say so, and how to do without.
-      const message = dedupReport?.failed === undefined
+      const message = dedupReport.failed === undefined
         ? (error as Error).message
-        : `${(error as Error).message} The memory stream failed in the dedup transport (${dedupReport.failed}); \`snowbird migrate\` without \`--dedup\` sends it plain.`;
+        : `${(error as Error).message} The memory stream failed in the dedup transport (${dedupReport.failed}); \`snowbird migrate --dedup off\` sends it plain.`;
       this.deps.log(`migration of ${name} ${from}→${to} failed: ${message}`);
       return {
         migrationId,
@@ -592,7 +636,7 @@ export class MigrationService {
         phaseMs: {},
         phaseBytes: {},
         streamBytes: { [STREAM_NBD]: wire.disk, [STREAM_MIGRATION]: wire.memory },
-        ...(dedupReport === undefined ? {} : { dedup: dedupReport }),
+        dedup: dedupReport,
       };
     } finally {
       await vm?.detach().catch(() => undefined);

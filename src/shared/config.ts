@@ -3,6 +3,7 @@
 // agent (src/main/config-service.ts loads and watches the file), the CLI (`snowbird config`) and the
 // app's Settings panel, which validates its form with the same schema before it sends anything.
 import { z } from 'zod';
+import { DEDUP_MODES } from './migration.ts';
 import { policyParamsSchema, type PolicyParams } from './placement.ts';
 
 /** The file's name in the user's config directory ($XDG_CONFIG_HOME/snowbird/). */
@@ -39,6 +40,8 @@ export const configFileSchema = z.strictObject({
     .strictObject({
       /** Cap on a move's memory stream, Mbit/s, for moves that do not set their own (`migrate --bandwidth`). */
       bandwidthCapMbit: z.number().positive().optional(),
+      /** The memory stream through the dedup transport, for moves that do not say (`migrate --dedup`): auto (default), on, off. */
+      dedup: z.enum(DEDUP_MODES).optional(),
     })
     .optional(),
   policy: policySettingsSchema.optional(),
@@ -78,7 +81,7 @@ export type ConfigReply = z.infer<typeof configReplySchema>;
 export type ConfigPatch = Record<string, unknown>;
 
 export const CONFIG_SECTIONS = {
-  migration: ['bandwidthCapMbit'],
+  migration: ['bandwidthCapMbit', 'dedup'],
   policy: Object.keys(policySettingsSchema.shape) as PolicySettingKey[],
 } as const;
 

@@ -2,7 +2,7 @@
 // on arrival; replies and progress come back tagged with the request id.
 import { z } from 'zod';
 import { safeId } from './vm-spec.ts';
-import { MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
+import { DEDUP_MODES, MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
 import { displayStatusSchema } from './display.ts';
 import { PLACEMENT_MODES, interactionSampleSchema, type InteractionSample, type PlacementDecision, type PlacementMode } from './placement.ts';
 import { configReplySchema, type ConfigReply } from './config.ts';
@@ -24,8 +24,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
     /** Memory stream cap in bytes/s. */
     maxBandwidth: z.number().int().positive().optional(),
     downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
-    /** Send the memory stream through the dedup transport (pre-copy only). Default false (plain). */
-    dedup: z.boolean().optional(),
+    /** The memory stream through the dedup transport: auto (when the link is the bottleneck), on, off. Default: the settings file's, else auto. */
+    dedup: z.enum(DEDUP_MODES).optional(),
   }),
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
   z.object({ cmd: z.literal('cancel'), vm: safeId, /** Only this move (a late Ctrl-C must not cancel the next one). */ migrationId: z.string().max(64).optional() }),

@@ -6,6 +6,12 @@ export const SITE_ROLES = ['edge', 'core'] as const;
 export type SiteRole = (typeof SITE_ROLES)[number];
 
 export const MEMORY_STRATEGIES = ['precopy', 'hybrid', 'postcopy'] as const;
+/**
+ * Whether a move's memory stream goes through the dedup transport: `auto` (the default) when the link,
+ * not the transport, is the bottleneck (measured; see docs/migration.md), or always `on`, or `off`.
+ */
+export const DEDUP_MODES = ['auto', 'on', 'off'] as const;
+export type DedupMode = (typeof DEDUP_MODES)[number];
 
 export const MIGRATION_PHASES = ['plan', 'prepare', 'disk', 'memory', 'switchover', 'commit'] as const;
 export type MigrationPhase = (typeof MIGRATION_PHASES)[number];
@@ -49,14 +55,14 @@ export const migrationRecordSchema = z.object({
   /** Bytes on the link per bridged stream (migration, nbd, ...). */
   streamBytes: z.record(z.string(), z.number().nonnegative()),
   /**
-   * The memory stream's dedup transport, when it was asked for (the default). `streamBytes.migration`
+   * The memory stream's dedup transport: whether it carried the stream and why. `streamBytes.migration`
    * is what crossed the link either way; `rawBytes` is what QEMU's migration stream carried.
    */
   dedup: z
     .object({
-      /** The memory stream went through it (pre-copy only: post-copy's return path is not carried). */
+      /** The memory stream went through it. */
       used: z.boolean(),
-      /** Why it was not used. */
+      /** How it was chosen (`auto`: the link's and the transport's measured speeds), or why it was not used. */
       reason: z.string().optional(),
       /** Bytes QEMU wrote to its migration stream (before dedup and compression). */
       rawBytes: z.number().nonnegative(),
@@ -64,7 +70,7 @@ export const migrationRecordSchema = z.object({
       refBytes: z.number().nonnegative().optional(),
       /** References the destination could not resolve from its store (missing or damaged), answered with the bytes. */
       needs: z.number().nonnegative().optional(),
-      /** The dedup transport itself failed, which failed the move: without `--dedup` the stream goes plain. */
+      /** The dedup transport itself failed, which failed the move: with `--dedup off` the stream goes plain. */
       failed: z.string().optional(),
     })
     .optional(),

@@ -1,7 +1,7 @@
 // The peer API between two site agents: one schema per method, checked by the link before a handler
 // runs. Names that end up in paths (VMs, layers, migrations) are restricted to a safe alphabet.
 import { z } from 'zod';
-import { MEMORY_STRATEGIES, SITE_ROLES } from './migration.ts';
+import { DEDUP_MODES, MEMORY_STRATEGIES, SITE_ROLES } from './migration.ts';
 import { safeId, vmSpecSchema } from './vm-spec.ts';
 
 const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'expected a sha256 hex digest');
@@ -19,8 +19,8 @@ export const migrationOptionsSchema = z.object({
   strategy: z.enum(MEMORY_STRATEGIES),
   maxBandwidth: z.number().int().positive().optional(),
   downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
-  /** The memory stream through the dedup transport (pre-copy only). Default false. */
-  dedup: z.boolean().optional(),
+  /** The memory stream through the dedup transport: auto (the source decides by measuring), on, off. Default auto. */
+  dedup: z.enum(DEDUP_MODES).optional(),
 });
 
 /** Max bytes of one image chunk (base64 in a JSON frame stays well under the frame limit). */

@@ -18,6 +18,8 @@ import type { PeerLink } from '../../src/migrator/link/peer-link.ts';
 import { dedupBridgeListener, dedupStreamHandler, type DedupBridge } from '../../src/migrator/dedup/link.ts';
 import { DedupProtocolError } from '../../src/migrator/dedup/errors.ts';
 import { ChunkStore } from '../../src/migrator/dedup/store.ts';
+import { measureSenderThroughput } from '../../src/migrator/dedup/calibrate.ts';
+import { exposeLinkProbe, probeLink } from '../../src/migrator/link/probe.ts';
 import { mulberry32, mutateRuns, vmLikeData } from '../support/dedup.ts';
 import { startTestSites, type TestSites } from '../support/link-testing.ts';
 
@@ -234,6 +236,20 @@ describe('dedup on the link', { timeout: 120_000 }, () => {
     assert.deepEqual(results.map((r) => ('error' in r ? r.error.message : 'ok')), ['ok']);
     assert.equal(bridge.stats.fault, undefined);
     assert.equal(bridge.stats.sender.returnBytes, 20 * 4 + 3);
+  });
+
+  test('the link probe measures what the peer confirms it received; the sender calibration gives a rate', async () => {
+    exposeLinkProbe(s.core);
+    exposeLinkProbe(s.edge);
+    for (const [from, to] of [[s.edge, 'core'], [s.core, 'edge']] as const) {
+      const probe = await probeLink(from, { durationMs: 200 });
+      assert.ok(probe.bytes > 0 && probe.bytes % MiB === 0, `→ ${to}: ${probe.bytes} bytes confirmed`);
+      assert.ok(probe.ms >= 200 && Number.isFinite(probe.bitsPerSecond) && probe.bitsPerSecond > 0, `→ ${to}: ${JSON.stringify(probe)}`);
+    }
+    const capped = await probeLink(s.edge, { durationMs: 60_000, maxBytes: 4 * MiB });
+    assert.equal(capped.bytes, 4 * MiB, 'maxBytes ends the probe');
+    const rate = await measureSenderThroughput(4 * MiB);
+    assert.ok(Number.isFinite(rate) && rate > 0, String(rate));
   });
 
   test('a peer that speaks garbage fails the stream as a fault of the transport; the source connection is closed', async () => {

@@ -130,11 +130,23 @@ describe('memory through the dedup transport, between two agents', { timeout: 40
     await health.assertAt(pair.edgeLibrary);
   });
 
-  test('without --dedup the memory stream goes plain; hybrid and post-copy go through dedup, page requests on its return path', async (t: TestContext) => {
-    const plain = await migrate(pair, 'core', ['--strategy', 'precopy']);
-    assert.equal(plain.dedup, undefined);
-    t.diagnostic(`→ core without --dedup: memory ${((plain.streamBytes['migration'] ?? 0) / MiB).toFixed(1)} MiB on the link`);
+  test('--dedup off sends the stream plain; the default (auto) says what it measured; hybrid and post-copy go through dedup, page requests on its return path', async (t: TestContext) => {
+    const plain = await migrate(pair, 'core', ['--strategy', 'precopy', '--dedup', 'off']);
+    assert.equal(plain.dedup?.used, false);
+    assert.match(plain.dedup?.reason ?? '', /^off/);
+    t.diagnostic(`→ core with --dedup off: memory ${((plain.streamBytes['migration'] ?? 0) / MiB).toFixed(1)} MiB on the link`);
     await health.assertAt(pair.coreLibrary);
+    // The default measures both speeds at the source (here the core) and says which way it went and why;
+    // which way depends on this machine, so the test checks that the choice follows the figures.
+    const auto = await migrate(pair, 'edge', []);
+    const figures = /^auto: (on|off), .*\(link ([\d.]+) (Mbit|Gbit)\/s, dedup ([\d.]+) (Mbit|Gbit)\/s on this site\)$/.exec(auto.dedup?.reason ?? '');
+    assert.ok(figures, `the default's reason: ${auto.dedup?.reason}`);
+    const bits = (n: string | undefined, unit: string | undefined) => Number(n) * (unit === 'Gbit' ? 1e9 : 1e6);
+    assert.equal(figures[1] === 'on', bits(figures[4], figures[5]) >= 1.5 * bits(figures[2], figures[3]) * 0.99, 'on exactly when dedup is 1.5 × faster than the link');
+    assert.equal(auto.dedup?.used, figures[1] === 'on');
+    t.diagnostic(`→ edge, default: ${auto.dedup?.reason}`);
+    await health.assertAt(pair.edgeLibrary);
+    await migrate(pair, 'core', ['--dedup', 'off']);
     // Back with the default strategy towards the edge (hybrid: post-copy after one pass).
     const hybrid = await migrate(pair, 'edge', ['--dedup']);
     assert.equal(hybrid.strategy, 'hybrid');
