@@ -4,10 +4,19 @@
 import { join } from 'node:path';
 import { ChunkStore } from '../migrator/dedup/store.ts';
 
-/** A VM's store holds at most this many times its RAM. */
+/**
+ * By default a VM's store holds at most this many times its RAM: what dedup carries is the memory
+ * stream, and twice the RAM keeps the last two generations of the VM's memory, enough for a VM that
+ * comes back to find what it left even after the pages it rewrote while away.
+ */
 export const CHUNK_STORE_RAM_FACTOR = 2;
 
 const MiB = 1024 * 1024;
+
+/** A VM's store bound in MiB: the one set (settings file `migration.chunkStoreMiB`), else the default from its RAM. */
+export function chunkStoreMiB(memoryMiB: number, setMiB?: number): number {
+  return setMiB ?? Math.max(1, Math.round(CHUNK_STORE_RAM_FACTOR * memoryMiB));
+}
 
 export class ChunkStores {
   readonly dir: string;
@@ -21,21 +30,23 @@ export class ChunkStores {
   }
 
   /**
-   * The store of `vm`, bounded to CHUNK_STORE_RAM_FACTOR × its RAM (the bound of the first open holds
-   * while the agent runs). Undefined if it cannot be opened: dedup then runs without a store (still
-   * correct, only less saved), and the next migration tries again.
+   * The store of `vm`, bounded to `maxMiB` (a store already open takes the new bound, evicting if it
+   * shrank). Undefined if it cannot be opened: dedup then runs without a store (still correct, only
+   * less saved), and the next migration tries again.
    */
-  get(vm: string, memoryMiB: number): Promise<ChunkStore | undefined> {
-    if (this.#closed) return Promise.resolve(undefined);
-    let store = this.#open.get(vm);
-    if (store === undefined) {
-      store = ChunkStore.open(join(this.dir, vm), { maxBytes: Math.max(1, Math.round(CHUNK_STORE_RAM_FACTOR * memoryMiB)) * MiB }).catch((error: unknown) => {
+  async get(vm: string, maxMiB: number): Promise<ChunkStore | undefined> {
+    if (this.#closed) return undefined;
+    let opening = this.#open.get(vm);
+    if (opening === undefined) {
+      opening = ChunkStore.open(join(this.dir, vm), { maxBytes: maxMiB * MiB }).catch((error: unknown) => {
         this.#log(`the dedup chunk store of ${vm} could not be opened (this migration goes without it): ${(error as Error).message}`);
         this.#open.delete(vm);
         return undefined;
       });
-      this.#open.set(vm, store);
+      this.#open.set(vm, opening);
     }
+    const store = await opening;
+    if (store !== undefined && store.maxBytes !== maxMiB * MiB) store.setMaxBytes(maxMiB * MiB);
     return store;
   }
 

@@ -32,7 +32,7 @@ import { LocalApiError } from './local-api/server.ts';
 import type { History } from './history.ts';
 import type { AgentStore } from './store.ts';
 import type { VmLibrary } from './vm-library.ts';
-import { ChunkStores } from './chunk-stores.ts';
+import { ChunkStores, chunkStoreMiB } from './chunk-stores.ts';
 import { chooseDedup, type DedupChoice } from '../migrator/dedup/common/choice.ts';
 import { measureSenderThroughput } from '../migrator/dedup/calibrate.ts';
 import { exposeLinkProbe, probeLink } from '../migrator/link/probe.ts';
@@ -67,6 +67,8 @@ class RemoteDestination implements DestinationSite {
   private readonly chunkStores: ChunkStores | undefined;
   /** How dedup was chosen, or why not (for the record). */
   private readonly dedupChoice: DedupChoice;
+  /** The chunk store bound the edge's settings ask for (MiB), passed on to the destination. */
+  private readonly chunkStoreSetting: number | undefined;
   private bridges: { nbd: BridgeListener; migration: BridgeListener | undefined } | undefined;
   private readonly extraBridges: BridgeListener[] = [];
   /** The memory stream's bridge when it goes through dedup (kept after close: its counters stay). */
@@ -75,11 +77,12 @@ class RemoteDestination implements DestinationSite {
   /** Bytes of plain bridges already closed (their counters are kept after close). */
   private closedBytes = { disk: 0, memory: 0 };
 
-  constructor(link: PeerLink, runDir: string, dedup: { choice: DedupChoice; stores: ChunkStores }) {
+  constructor(link: PeerLink, runDir: string, dedup: { choice: DedupChoice; stores: ChunkStores; chunkStoreMiB?: number | undefined }) {
     this.link = link;
     this.runDir = runDir;
     this.dedupChoice = dedup.choice;
     this.chunkStores = dedup.choice.use ? dedup.stores : undefined;
+    this.chunkStoreSetting = dedup.chunkStoreMiB;
   }
 
   plan(request: PlanRequest): Promise<PlanReply> {
@@ -104,7 +107,8 @@ class RemoteDestination implements DestinationSite {
   }
 
   async prepare(request: PrepareRequest): Promise<PrepareReply> {
-    const reply = await this.link.request<PrepareWireReply>('migration.prepare', request, { timeoutMs: 120_000 });
+    const setting = this.chunkStoreSetting;
+    const reply = await this.link.request<PrepareWireReply>('migration.prepare', { ...request, ...(setting === undefined ? {} : { chunkStoreMiB: setting }) }, { timeoutMs: 120_000 });
     const short = request.migrationId.slice(0, 8);
     await mkdir(this.runDir, { recursive: true, mode: 0o700 });
     const nbd = await bridgeListener(this.link, join(this.runDir, `${short}-nbd.sock`), reply.nbdTarget, { once: true });
@@ -115,7 +119,7 @@ class RemoteDestination implements DestinationSite {
       this.bridges = { nbd, migration: undefined };
       // Post-copy's page requests come back on the same connection: the return path carries them.
       this.dedupBridge = await dedupBridgeListener(this.link, migrationPath, reply.migrationDedupTarget, {
-        store: () => stores.get(name, memoryMiB),
+        store: () => stores.get(name, chunkStoreMiB(memoryMiB, setting)),
         returnPath: request.postcopy,
       });
     } else {
@@ -241,6 +245,8 @@ export interface MigrationServiceDeps {
   defaultMaxBandwidth?: () => number | undefined;
   /** The dedup mode for moves that set none: the settings file's, read at each move (else auto). */
   defaultDedup?: () => DedupMode | undefined;
+  /** Each VM's dedup chunk store bound (MiB): the settings file's, read at each move (else twice its RAM). */
+  chunkStoreMiB?: () => number | undefined;
 }
 
 /** How long a measurement of the link or of the dedup sender stands for the `auto` dedup choice. */
@@ -341,7 +347,7 @@ export class MigrationService {
       // The source may send the stream through dedup instead (its choice); post-copy's return path comes back through it.
       const { name, memoryMiB } = p.spec;
       link.exposeHandler(targets.dedup, dedupStreamHandler(reply.migrationSocket, {
-        store: () => this.chunkStores.get(name, memoryMiB),
+        store: () => this.chunkStores.get(name, chunkStoreMiB(memoryMiB, this.chunkStoreSetting(p.chunkStoreMiB))),
         returnPath: p.postcopy,
         onDone: (result) => {
           if ('error' in result) this.deps.log(`incoming dedup memory stream of ${name} (migration ${p.migrationId}) failed: ${result.error.message}`);
@@ -371,7 +377,7 @@ export class MigrationService {
     handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm, p.migrationId));
     handle('vm.migrate-out', async (p) => {
       const options: MigrationOptions = { strategy: p.options.strategy, ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}), ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}) };
-      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? 'auto');
+      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? 'auto', p.options.chunkStoreMiB);
     });
     // A link that drops before the guest resumed here leaves the VM at the source: tear down what
     // we prepared. After the resume the guest is ours, whatever the source heard.
@@ -510,13 +516,13 @@ export class MigrationService {
     };
     let record: MigrationRecord;
     if (command.to === 'core') {
-      record = await this.migrateOut(command.vm, link, options, publish, dedup);
+      record = await this.migrateOut(command.vm, link, options, publish, dedup, undefined);
     } else {
       if (this.inFlight.has(command.vm)) throw new LocalApiError('busy', `VM "${command.vm}" is already moving`);
       this.inFlight.add(command.vm);
       this.onProgress = publish;
       try {
-        record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { strategy: options.strategy, ...(options.maxBandwidth ? { maxBandwidth: options.maxBandwidth } : {}), ...(options.downtimeLimitMs ? { downtimeLimitMs: options.downtimeLimitMs } : {}), dedup } }, { timeoutMs: 0 });
+        record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { strategy: options.strategy, ...(options.maxBandwidth ? { maxBandwidth: options.maxBandwidth } : {}), ...(options.downtimeLimitMs ? { downtimeLimitMs: options.downtimeLimitMs } : {}), dedup, ...this.chunkStoreOption() } }, { timeoutMs: 0 });
       } finally {
         this.onProgress = undefined;
         this.inFlight.delete(command.vm);
@@ -574,7 +580,17 @@ export class MigrationService {
   }
 
   /** Runs the orchestrator for a VM that runs here, towards the peer on `link`. */
-  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void, dedup: DedupMode): Promise<MigrationRecord> {
+  /** The chunk store bound in force here: this site's settings (the edge's), else what the peer passed on. */
+  private chunkStoreSetting(fromPeer?: number): number | undefined {
+    return this.deps.chunkStoreMiB?.() ?? fromPeer;
+  }
+
+  private chunkStoreOption(): { chunkStoreMiB?: number } {
+    const setting = this.chunkStoreSetting();
+    return setting === undefined ? {} : { chunkStoreMiB: setting };
+  }
+
+  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void, dedup: DedupMode, chunkStoreFromPeer: number | undefined): Promise<MigrationRecord> {
     if (this.inFlight.has(name)) throw new LocalApiError('busy', `VM "${name}" is already moving`);
     // Marked busy before the first await: a recovery or a second move cannot slip in between.
     this.inFlight.add(name);
@@ -591,7 +607,7 @@ export class MigrationService {
     const startedAt = new Date().toISOString();
     const choice = await this.chooseDedup(link, dedup, options.maxBandwidth);
     this.deps.log(`migration of ${name} ${from}→${to}: dedup ${choice.reason}`);
-    const destination = new RemoteDestination(link, this.runDir, { choice, stores: this.chunkStores });
+    const destination = new RemoteDestination(link, this.runDir, { choice, stores: this.chunkStores, chunkStoreMiB: this.chunkStoreSetting(chunkStoreFromPeer) });
     let vm: VmHandle | undefined;
     try {
       const { layers } = await this.open();

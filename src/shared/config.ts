@@ -42,6 +42,8 @@ export const configFileSchema = z.strictObject({
       bandwidthCapMbit: z.number().positive().optional(),
       /** The memory stream through the dedup transport, for moves that do not say (`migrate --dedup`): auto (default), on, off. */
       dedup: z.enum(DEDUP_MODES).optional(),
+      /** Each VM's dedup chunk store, at each site, holds at most this many MiB (default: twice the VM's RAM). */
+      chunkStoreMiB: z.number().int().positive().optional(),
     })
     .optional(),
   policy: policySettingsSchema.optional(),
@@ -81,7 +83,7 @@ export type ConfigReply = z.infer<typeof configReplySchema>;
 export type ConfigPatch = Record<string, unknown>;
 
 export const CONFIG_SECTIONS = {
-  migration: ['bandwidthCapMbit', 'dedup'],
+  migration: ['bandwidthCapMbit', 'dedup', 'chunkStoreMiB'],
   policy: Object.keys(policySettingsSchema.shape) as PolicySettingKey[],
 } as const;
 
@@ -103,6 +105,8 @@ function messageOf(issue: z.core.$ZodIssue): string {
       return `must be ${issue.inclusive ? 'at least' : 'more than'} ${String(issue.minimum)}`;
     case 'too_big':
       return `must be ${issue.inclusive ? 'at most' : 'less than'} ${String(issue.maximum)}`;
+    case 'invalid_value':
+      return `must be one of ${issue.values.map(String).join(', ')}`;
     default:
       return issue.message;
   }

@@ -21,6 +21,8 @@ export const migrationOptionsSchema = z.object({
   downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
   /** The memory stream through the dedup transport: auto (the source decides by measuring), on, off. Default auto. */
   dedup: z.enum(DEDUP_MODES).optional(),
+  /** The VM's dedup chunk store bound (MiB) the edge's settings ask for; absent: the default from its RAM. */
+  chunkStoreMiB: z.number().int().positive().optional(),
 });
 
 /** Max bytes of one image chunk (base64 in a JSON frame stays well under the frame limit). */
@@ -38,6 +40,8 @@ export const peerMethods = {
     virtualSize: z.number().int().positive(),
     postcopy: z.boolean(),
     accel: z.enum(['kvm', 'tcg']),
+    /** The VM's dedup chunk store bound (MiB) the edge's settings ask for; absent: the default from its RAM. */
+    chunkStoreMiB: z.number().int().positive().optional(),
   }),
   'migration.switchover': z.object({ migrationId: layerId, layerId, layerLeaves: z.array(layerId).min(1).max(4096) }),
   'migration.recover-postcopy': z.object({ migrationId: layerId }),

@@ -20,20 +20,22 @@ import { ConfigError, ConfigService, locateJsonError, type ConfigChange } from '
 
 describe('the config schema', () => {
   test('accepts the documented settings and keeps only what is set', () => {
-    const parsed = parseConfigFile({ migration: { bandwidthCapMbit: 40 }, policy: { minDwellMs: 60_000, costMargin: 2 } });
-    assert.deepEqual(parsed, { ok: true, config: { migration: { bandwidthCapMbit: 40 }, policy: { minDwellMs: 60_000, costMargin: 2 } } });
+    const parsed = parseConfigFile({ migration: { bandwidthCapMbit: 40, dedup: 'on', chunkStoreMiB: 2048 }, policy: { minDwellMs: 60_000, costMargin: 2 } });
+    assert.deepEqual(parsed, { ok: true, config: { migration: { bandwidthCapMbit: 40, dedup: 'on', chunkStoreMiB: 2048 }, policy: { minDwellMs: 60_000, costMargin: 2 } } });
     assert.deepEqual(parseConfigFile({}), { ok: true, config: {} });
   });
 
   test('says per field what is wrong, in words a user can act on', () => {
     const parsed = parseConfigFile({
-      migration: { bandwidthCapMbit: -5 },
+      migration: { bandwidthCapMbit: -5, dedup: 'always', chunkStoreMiB: 0.5 },
       policy: { minConfidence: 1.5, maxMoves: 2.5, minDwelMs: 1, gapToleranceMs: 'soon' },
       core: { url: 'x' },
       colour: 'blue',
     });
     assert.ok(!parsed.ok);
     assert.equal(parsed.fields['migration.bandwidthCapMbit'], 'must be more than 0');
+    assert.equal(parsed.fields['migration.dedup'], 'must be one of auto, on, off');
+    assert.equal(parsed.fields['migration.chunkStoreMiB'], 'must be a whole number');
     assert.equal(parsed.fields['policy.minConfidence'], 'must be at most 1');
     assert.equal(parsed.fields['policy.maxMoves'], 'must be a whole number');
     assert.equal(parsed.fields['policy.gapToleranceMs'], 'must be a number');

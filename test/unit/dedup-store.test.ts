@@ -65,6 +65,21 @@ describe('dedup chunk store', () => {
     await store.close();
   });
 
+  test('a new bound is in force at once: a smaller one evicts least recently used chunks', async () => {
+    const store = await ChunkStore.open(freshDir(), { maxBytes: 10 * 4096 });
+    const chunks = Array.from({ length: 10 }, () => chunk());
+    for (const c of chunks) await store.put(c.key, c.bytes);
+    store.setMaxBytes(4 * 4096);
+    assert.equal(store.maxBytes, 4 * 4096);
+    assert.equal(store.stats.bytes, 4 * 4096);
+    assert.deepEqual(chunks.map((c) => store.has(c.key)), [...new Array<boolean>(6).fill(false), true, true, true, true]);
+    store.setMaxBytes(8 * 4096);
+    for (const c of chunks.slice(0, 4)) await store.put(c.key, c.bytes);
+    assert.equal(store.stats.chunks, 8);
+    assert.throws(() => store.setMaxBytes(0), RangeError);
+    await store.close();
+  });
+
   test('a damaged chunk (flipped byte, truncated, emptied) reads as missing and is deleted', async () => {
     const store = await ChunkStore.open(freshDir(), { maxBytes: 1 << 20 });
     const [a, b, c, d] = [chunk(), chunk(), chunk(), chunk()];

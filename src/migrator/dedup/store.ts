@@ -50,8 +50,8 @@ interface Pending {
 
 export class ChunkStore {
   readonly dir: string;
-  readonly maxBytes: number;
   readonly maxPendingBytes: number;
+  #maxBytes: number;
   /** Written chunks: key → size, least recently used first. */
   #lru = new Map<string, number>();
   #bytes = 0;
@@ -64,14 +64,14 @@ export class ChunkStore {
 
   private constructor(dir: string, options: ChunkStoreOptions, openedFrom: 'index' | 'scan') {
     this.dir = dir;
-    this.maxBytes = options.maxBytes;
+    this.#maxBytes = options.maxBytes;
     this.maxPendingBytes = options.maxPendingBytes ?? 64 * 1024 * 1024;
     this.#stats = { hits: 0, misses: 0, corrupt: 0, evicted: 0, written: 0, skipped: 0, writeErrors: 0, openedFrom };
   }
 
   /** Opens (creating if needed) the store in `dir`, from its index or, if that is missing or damaged, from a scan. */
   static async open(dir: string, options: ChunkStoreOptions): Promise<ChunkStore> {
-    if (!(Number.isSafeInteger(options.maxBytes) && options.maxBytes > 0)) throw new RangeError(`maxBytes must be a positive integer`);
+    checkMaxBytes(options.maxBytes);
     await mkdir(join(dir, 'chunks'), { recursive: true, mode: 0o700 });
     await Promise.all(Array.from({ length: 256 }, (_, i) => mkdir(join(dir, 'chunks', i.toString(16).padStart(2, '0')), { recursive: true })));
     const indexPath = join(dir, 'index');
@@ -86,6 +86,18 @@ export class ChunkStore {
     await unlink(indexPath).catch(ignoreMissing);
     store.#evict();
     return store;
+  }
+
+  /** The most bytes of chunk data kept. */
+  get maxBytes(): number {
+    return this.#maxBytes;
+  }
+
+  /** A new bound, in force at once: a smaller one evicts least recently used chunks until it holds. */
+  setMaxBytes(maxBytes: number): void {
+    checkMaxBytes(maxBytes);
+    this.#maxBytes = maxBytes;
+    this.#evict();
   }
 
   get stats(): ChunkStoreStats {
@@ -159,7 +171,7 @@ export class ChunkStore {
     }
     const pending = this.#pending.get(key);
     if (pending !== undefined) return pending.done;
-    if (this.#closed || bytes.length === 0 || bytes.length > this.maxBytes || !KEY_PATTERN.test(key)) return Promise.resolve(false);
+    if (this.#closed || bytes.length === 0 || bytes.length > this.#maxBytes || !KEY_PATTERN.test(key)) return Promise.resolve(false);
     if (this.#pendingBytes + bytes.length > this.maxPendingBytes) {
       this.#stats.skipped += 1;
       return Promise.resolve(false);
@@ -250,13 +262,17 @@ export class ChunkStore {
   /** Drops least recently used written chunks until the bound holds (pending writes count, but stay). */
   #evict(): void {
     for (const [key, size] of this.#lru) {
-      if (this.#bytes + this.#pendingBytes <= this.maxBytes) break;
+      if (this.#bytes + this.#pendingBytes <= this.#maxBytes) break;
       this.#lru.delete(key);
       this.#bytes -= size;
       this.#stats.evicted += 1;
       this.#unlink(key);
     }
   }
+}
+
+function checkMaxBytes(maxBytes: number): void {
+  if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0)) throw new RangeError(`maxBytes must be a positive integer`);
 }
 
 function ignoreMissing(error: unknown): void {

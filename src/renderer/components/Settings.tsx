@@ -6,6 +6,7 @@
 import { useState, type FormEvent } from 'react';
 import { useController, useUi } from '../hooks.ts';
 import { DEFAULT_POLICY_PARAMS } from '../../shared/placement.ts';
+import { DEDUP_MODES } from '../../shared/migration.ts';
 import { mergePatch, parseConfigFile, type ConfigFile, type ConfigReply, type PolicySettingKey } from '../../shared/config.ts';
 
 interface Field {
@@ -16,6 +17,8 @@ interface Field {
   help: string;
   /** What an empty field means. */
   placeholder: string;
+  /** A choice among these words (a select) instead of a number. */
+  choices?: readonly string[];
 }
 
 const policyField = (name: PolicySettingKey, label: string, unit: string, help: string): Field => ({
@@ -29,6 +32,16 @@ const policyField = (name: PolicySettingKey, label: string, unit: string, help: 
 
 const FIELDS: Field[] = [
   { section: 'migration', name: 'bandwidthCapMbit', label: 'Bandwidth cap', unit: 'Mbit/s', help: 'caps the memory stream of moves that set no cap of their own (the buttons, the policy)', placeholder: 'no cap' },
+  {
+    section: 'migration',
+    name: 'dedup',
+    label: 'Dedup',
+    unit: 'memory stream',
+    help: 'sends memory the other site already holds as references: auto uses it when the link, not the CPU, is the bottleneck (measured before each move)',
+    placeholder: 'default (auto)',
+    choices: DEDUP_MODES,
+  },
+  { section: 'migration', name: 'chunkStoreMiB', label: 'Dedup store', unit: 'MiB per VM', help: 'what each site keeps of each VM\'s memory for dedup, at most', placeholder: 'twice its RAM' },
   policyField('minDwellMs', 'Minimum stay', 'ms', 'after arriving anywhere, the VM stays at least this long before an automatic move'),
   policyField('costMargin', 'Gain margin', '×', 'move to the cloud only when the time saved beats the round trip\'s cost × this'),
   policyField('minConfidence', 'Minimum confidence', '0–1', 'a judgement of what the VM is doing counts only at or above this confidence'),
@@ -137,10 +150,10 @@ function SettingsForm({ settings, path, fileInvalid }: { settings: ConfigFile; p
 
   // Only the fields the user changed; an emptied field removes the setting (back to its default).
   const changed = FIELDS.filter((f) => drafts[keyOf(f)] !== initial[keyOf(f)]);
-  const patch: Record<string, Record<string, number | null>> = {};
+  const patch: Record<string, Record<string, number | string | null>> = {};
   for (const field of changed) {
     const text = (drafts[keyOf(field)] ?? '').trim();
-    (patch[field.section] ??= {})[field.name] = text === '' ? null : Number(text);
+    (patch[field.section] ??= {})[field.name] = text === '' ? null : field.choices ? text : Number(text);
   }
   const checked = parseConfigFile(mergePatch(settings, patch));
   const fieldErrors = checked.ok ? {} : checked.fields;
@@ -164,14 +177,25 @@ function SettingsForm({ settings, path, fileInvalid }: { settings: ConfigFile; p
               <span className="setting-label">
                 {field.label} <small className="muted">({field.unit})</small>
               </span>
-              <input
-                data-testid={`setting-${key}`}
-                inputMode="decimal"
-                placeholder={field.placeholder}
-                value={drafts[key] ?? ''}
-                aria-invalid={error !== undefined}
-                onChange={(e) => setDrafts({ ...drafts, [key]: e.target.value })}
-              />
+              {field.choices ? (
+                <select data-testid={`setting-${key}`} value={drafts[key] ?? ''} aria-invalid={error !== undefined} onChange={(e) => setDrafts({ ...drafts, [key]: e.target.value })}>
+                  <option value="">{field.placeholder}</option>
+                  {field.choices.map((choice) => (
+                    <option key={choice} value={choice}>
+                      {choice}
+                    </option>
+                  ))}
+                </select>
+              ) : (
+                <input
+                  data-testid={`setting-${key}`}
+                  inputMode="decimal"
+                  placeholder={field.placeholder}
+                  value={drafts[key] ?? ''}
+                  aria-invalid={error !== undefined}
+                  onChange={(e) => setDrafts({ ...drafts, [key]: e.target.value })}
+                />
+              )}
               {error && (
                 <span className="field-error" data-testid={`setting-error-${key}`}>
                   {error}
