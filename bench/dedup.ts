@@ -2,8 +2,8 @@
 // over the 100 Mbit/s namespace link of bench:migration (support/wan.ts), in the same run for:
 //   plain QEMU     QEMU's own migration between two QEMUs, no agents (support/plain-qemu.ts: NBD +
 //                  `blockdev-mirror sync=full` + pre-copy `migrate tcp:` with QEMU's defaults)
-//   ours           `snowbird migrate --strategy precopy` (the memory stream plain through the link)
-//   ours + dedup   `snowbird migrate --strategy precopy --dedup` (src/migrator/dedup)
+//   ours           `snowbird migrate --strategy precopy --dedup off` (the memory stream plain through the link)
+//   ours + dedup   `snowbird migrate --strategy precopy --dedup on` (src/migrator/dedup)
 //   floor          the zstd-compressed size of the chunks that really changed (below)
 //
 // The guest: the demo guest with a fill region (`fill MIB` on its control channel, guest/src/sbctl.c):
@@ -16,7 +16,8 @@
 // pseudo-random selection, the same pages for every contender, content never seen before), and the VM
 // comes back core → edge: that return is what is measured. Ours runs the dedup round and the plain round
 // on the same VM and agents, one after the other, after a first round trip that is not measured (it
-// carries one-time transfers: the boot images go to each site once, ~14 MiB); plain QEMU boots its own
+// carries one-time transfers: the boot images go to each site once, ~14 MiB; it runs with the default,
+// `--dedup auto`, and the run stops if that does not choose dedup on this link); plain QEMU boots its own
 // VM from the same spec and does the same. After every return the guest verifies the whole fill (`fill
 // check`) and the memory checker's reports (no violation, no reboot).
 //
@@ -39,6 +40,9 @@
 // stream with the outgoing stream's chunks as the receiver's inventory (the measured case), and the
 // outgoing stream with nothing known (a first move). Best of 3, wall clock; `transport Mbit/s` is the
 // lower of the two.
+//
+// --xbzrle-compare adds ours + dedup with QEMU's XBZRLE off (`--no-xbzrle`) at each fraction, and a table
+// of the two: the measurement behind keeping XBZRLE on with dedup (docs/migration.md).
 //
 // Prints progress on stderr, then the tables and the lines
 //   return bytes ratio vs plain at 2%: X / bytes vs floor at 10%: X / transport Mbit/s: X
@@ -86,6 +90,7 @@ const OPTIONS = {
   'mem-workload': { type: 'string', default: '1' },
   'disk-size': { type: 'string', default: '64M' },
   'disk-workload': { type: 'string', default: '256' },
+  'xbzrle-compare': { type: 'boolean', default: false },
   json: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const;
@@ -102,6 +107,7 @@ if (opts.help) {
   --mem-workload MIB    memory the guest's checker keeps rewriting (default 1)
   --disk-size SIZE      virtual disk, qemu-img syntax (default 64M)
   --disk-workload N     4 KiB disk blocks the guest's checker keeps rewriting (default 256)
+  --xbzrle-compare      also run ours + dedup with QEMU's XBZRLE off (\`--no-xbzrle\`) at each fraction
   --json FILE           also write every raw figure to FILE
 `);
   process.exit(0);
@@ -129,6 +135,7 @@ const config = {
   memWorkloadMiB: positive('mem-workload', opts['mem-workload']),
   diskSize: opts['disk-size'],
   diskWorkloadBlocks: positive('disk-workload', opts['disk-workload']),
+  xbzrleCompare: opts['xbzrle-compare'],
 };
 if (config.fillMiB + config.memWorkloadMiB + 112 > config.memoryMiB) usageError(`--fill ${config.fillMiB} does not leave the guest ~112 MiB of its ${config.memoryMiB} MiB (kernel, initramfs, checkers)`);
 /** The fraction whose streams are kept for the throughput measurement. */
@@ -185,6 +192,8 @@ interface FractionResult {
   };
   ours: Contender;
   dedup: Contender & { raw?: { rawBytes: number; refBytes: number; needs: number } };
+  /** With --xbzrle-compare: ours + dedup with QEMU's XBZRLE off. */
+  dedupNoXbzrle?: Contender;
 }
 
 interface Throughput {
@@ -340,9 +349,9 @@ async function runBaseline(root: string, wan: Wan, spec: VmSpec, cleanup: Cleanu
 
 // ── ours ────────────────────────────────────────────────────────────────────────────────────────
 /** `auto`: the default, which measures the link and the transport before each move. */
-async function move(sites: SnowbirdSites, wan: Wan, to: 'core' | 'edge', dedup: 'on' | 'off' | 'auto'): Promise<{ leg: Leg; record: MigrationRecord }> {
+async function move(sites: SnowbirdSites, wan: Wan, to: 'core' | 'edge', dedup: 'on' | 'off' | 'auto', extra: string[] = []): Promise<{ leg: Leg; record: MigrationRecord }> {
   const before = await readWire(wan.hostInterface);
-  const r = await runCli(['--data', sites.edgeDir, 'migrate', VM, '--to', to, '--strategy', 'precopy', '--json', ...(dedup === 'auto' ? [] : ['--dedup', dedup])]);
+  const r = await runCli(['--data', sites.edgeDir, 'migrate', VM, '--to', to, '--strategy', 'precopy', '--json', ...(dedup === 'auto' ? [] : ['--dedup', dedup]), ...extra]);
   const wire = wireDelta(before, await readWire(wan.hostInterface));
   if (r.code !== 0 && r.code !== 2) throw new Error(`snowbird migrate ${VM} --to ${to} failed (exit ${r.code}): ${r.stderr.trim()}\n${sites.logTail()}`);
   const record = JSON.parse(r.stdout) as MigrationRecord;
@@ -356,7 +365,7 @@ async function move(sites: SnowbirdSites, wan: Wan, to: 'core' | 'edge', dedup: 
     wireBytes: wire.total,
     memoryBytes: record.streamBytes['migration'] ?? 0,
     ...(record.qemuDowntimeMs === undefined ? {} : { qemuDowntimeMs: record.qemuDowntimeMs }),
-    detail: `link streams ${streams}${d?.used ? `; QEMU wrote ${mebibytes(d.rawBytes)}, ${mebibytes(d.refBytes)} as refs, ${d.needs ?? 0} needs` : ''}; phases plan/prepare/disk/memory/switchover/commit ${phases} s; downtime ${millis(record.qemuDowntimeMs)}`,
+    detail: `link streams ${streams}${d?.used ? `; QEMU wrote ${mebibytes(d.rawBytes)}, ${mebibytes(d.refBytes)} as refs, ${d.needs ?? 0} needs` : ''}; XBZRLE ${mebibytes(record.qemu?.['xbzrle-cache'] === undefined ? undefined : Number((record.qemu['xbzrle-cache'] as { bytes?: number }).bytes ?? 0))}; phases plan/prepare/disk/memory/switchover/commit ${phases} s; downtime ${millis(record.qemuDowntimeMs)}`,
   };
   return { leg, record };
 }
@@ -382,19 +391,23 @@ async function runOurs(sites: SnowbirdSites, wan: Wan, results: Results, cleanup
   results.warmup = { out: out.leg, back: back.leg };
   log(`ours: first round trip: ${mebibytes(out.leg.wireBytes)} out, ${mebibytes(back.leg.wireBytes)} back on the wire`);
   for (const r of results.fractions) {
-    for (const [name, dedup] of [['ours + dedup', 'on'], ['ours', 'off']] as const) {
+    const contenders: [string, 'on' | 'off', string[], Contender][] = [
+      ['ours + dedup', 'on', [], r.dedup],
+      ['ours', 'off', [], r.ours],
+      ...(config.xbzrleCompare ? [['ours + dedup, no XBZRLE', 'on', ['--no-xbzrle'], (r.dedupNoXbzrle = {})] as [string, 'on', string[], Contender]] : []),
+    ];
+    for (const [name, dedup, extra, c] of contenders) {
       if (cleanup.interrupted) return;
-      const c: Contender = dedup === 'on' ? r.dedup : r.ours;
       try {
         log(`${name} ${r.percent} %: edge→core`);
-        c.out = (await move(sites, wan, 'core', dedup)).leg;
+        c.out = (await move(sites, wan, 'core', dedup, extra)).leg;
         c.changed = await guestMust(sites.controlSocket(VM, 'core'), { type: 'fill-change', percent: r.percent });
         log(`${name} ${r.percent} %: at the core, fill change: ${c.changed}; core→edge`);
-        const back = await move(sites, wan, 'edge', dedup);
+        const back = await move(sites, wan, 'edge', dedup, extra);
         back.leg.guest = await checkAfterReturn(sites.controlSocket(VM, 'edge'), uptime);
         c.back = back.leg;
         const d = back.record.dedup;
-        if (dedup === 'on' && d) r.dedup.raw = { rawBytes: d.rawBytes, refBytes: d.refBytes ?? 0, needs: d.needs ?? 0 };
+        if (c === r.dedup && d) r.dedup.raw = { rawBytes: d.rawBytes, refBytes: d.refBytes ?? 0, needs: d.needs ?? 0 };
         log(`${name} ${r.percent} %: return ${seconds(c.back.wallMs)}, ${mebibytes(c.back.wireBytes)} on the wire (memory stream ${mebibytes(c.back.memoryBytes)}); guest ${c.back.guest?.summary}`);
       } catch (error) {
         c.error = (error as Error).message;
@@ -445,6 +458,15 @@ function report(results: Results): { text: string; ok: boolean } {
   lines.push('  chunks that were not in the outgoing stream (plain QEMU\'s streams, cut by the dedup chunker). dedup × plain: wire / wire.');
   lines.push('  dedup × floor: ours + dedup\'s memory stream on the link / floor (in brackets: its whole wire / floor).');
   lines.push('');
+  if (config.xbzrleCompare) {
+    lines.push(markdownTable(['changed', 'ours + dedup: memory on the link', 'wire', 'time', 'the same, XBZRLE off: memory on the link', 'wire', 'time'], results.fractions.map((r) => [
+      pct(r.percent),
+      mebibytes(r.dedup.back?.memoryBytes), mebibytes(r.dedup.back?.wireBytes), seconds(r.dedup.back?.wallMs),
+      mebibytes(r.dedupNoXbzrle?.back?.memoryBytes), mebibytes(r.dedupNoXbzrle?.back?.wireBytes), seconds(r.dedupNoXbzrle?.back?.wallMs),
+    ])));
+    lines.push('QEMU\'s XBZRLE sends the dirty pages of later pre-copy passes as deltas against the page sent before; off, they go whole (return trips).');
+    lines.push('');
+  }
   const t = results.throughput;
   if (t?.back && t.out) {
     const cell = (x: { rawBytes: number; run: SenderRun }): string[] => [
@@ -471,7 +493,8 @@ function report(results: Results): { text: string; ok: boolean } {
     if (p.back) lines.push(`  - plain QEMU: ${p.back.detail}${p.floor ? `; changed chunks ${p.floor.chunks} of ${p.backStream?.chunks ?? '?'} (${mebibytes(p.floor.rawBytes)} raw of ${mebibytes(p.backStream?.bytes)}) → floor ${mebibytes(p.floor.bytes)}` : ''}`);
     if (r.ours.back) lines.push(`  - ours: ${r.ours.back.detail}`);
     if (r.dedup.back) lines.push(`  - ours + dedup: ${r.dedup.back.detail}${r.dedup.raw ? ` (literals ${mebibytes(r.dedup.raw.rawBytes - r.dedup.raw.refBytes)} raw)` : ''}`);
-    for (const [name, c] of [['plain QEMU', p], ['ours', r.ours], ['ours + dedup', r.dedup]] as const) {
+    if (r.dedupNoXbzrle?.back) lines.push(`  - ours + dedup, no XBZRLE: ${r.dedupNoXbzrle.back.detail}`);
+    for (const [name, c] of [['plain QEMU', p], ['ours', r.ours], ['ours + dedup', r.dedup], ['ours + dedup, no XBZRLE', r.dedupNoXbzrle ?? {}]] as const) {
       if (c.error) lines.push(`  - ${name} FAILED: ${c.error.split('\n')[0]}`);
       if (c.back?.guest && !c.back.guest.ok) lines.push(`  - ${name} GUEST: ${c.back.guest.summary}`);
     }
@@ -497,7 +520,7 @@ function report(results: Results): { text: string; ok: boolean } {
   lines.push(`bytes vs floor at 10%: ${formatRatio(at(10) ? floorRatio(at(10) as FractionResult) : undefined)}`);
   lines.push(`transport Mbit/s: ${transport === undefined ? '—' : transport.toFixed(0)}`);
 
-  const contenders = results.fractions.flatMap((r) => [r.plain, r.ours, r.dedup]);
+  const contenders = results.fractions.flatMap((r) => [r.plain, r.ours, r.dedup, ...(r.dedupNoXbzrle ? [r.dedupNoXbzrle] : [])]);
   const ok = results.errors.length === 0 && !t?.error && contenders.every((c) => !c.error && c.back !== undefined && c.back.guest?.ok === true);
   return { text: lines.join('\n'), ok };
 }

@@ -267,8 +267,9 @@ program
       .choices(DEDUP_MODES)
       .preset('on'),
   )
+  .option('--no-xbzrle', 'send the dirty pages of later pre-copy passes whole, not as XBZRLE deltas against the pages sent before (XBZRLE is on by default)')
   .option('--json', 'print the migration record as JSON', false)
-  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; dedup?: DedupMode; json: boolean }, command: Command) => {
+  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; dedup?: DedupMode; xbzrle: boolean; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
     let lastPhase = '';
     let migrationId: string | undefined;
@@ -295,6 +296,7 @@ program
           ...(opts.bandwidth ? { maxBandwidth: opts.bandwidth } : {}),
           ...(opts.downtime ? { downtimeLimitMs: opts.downtime } : {}),
           ...(opts.dedup ? { dedup: opts.dedup } : {}),
+          ...(opts.xbzrle ? {} : { xbzrle: false }),
         },
         (progress) => {
           // stdout carries the record (--json) or the summary; progress goes to stderr either way.

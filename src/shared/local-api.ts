@@ -24,6 +24,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
     /** Memory stream cap in bytes/s. */
     maxBandwidth: z.number().int().positive().optional(),
     downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
+    /** QEMU's XBZRLE for later pre-copy passes (a delta against the page sent before). Default true. */
+    xbzrle: z.boolean().optional(),
     /** The memory stream through the dedup transport: auto (when the link is the bottleneck), on, off. Default: the settings file's, else auto. */
     dedup: z.enum(DEDUP_MODES).optional(),
   }),

@@ -62,8 +62,6 @@ export interface MigrateVmInput {
   maxChainDepth?: number;
   /** Convergence-watch tuning. */
   convergence?: Partial<Omit<ConvergenceConfig, 'strategy' | 'downtimeLimitMs'>>;
-  /** Migration capabilities to set on top of the orchestrator's own (e.g. `{ multifd: true }`); for benchmarks. */
-  qemuCapabilities?: Record<string, boolean>;
 }
 
 /** Thrown inside a phase with the message a user reads; `outcome` overrides the default rollback outcome. */
@@ -305,11 +303,10 @@ class SourceMigration {
     const armThrottle = !this.#usesPostcopy && this.#accel === 'kvm';
     await setCapabilities(qmp, {
       events: true,
-      xbzrle: true,
+      xbzrle: options.xbzrle ?? true,
       'pause-before-switchover': true,
       'postcopy-ram': this.#usesPostcopy,
       'auto-converge': armThrottle,
-      ...this.#in.qemuCapabilities,
     });
     await qmp.execute('migrate-set-parameters', {
       'downtime-limit': this.#downtimeLimitMs,

@@ -20,6 +20,11 @@ export interface MigrationOptions {
    * raise downtime-limit when the migration stalls. Default 4 × downtimeLimitMs.
    */
   downtimeCeilingMs?: number;
+  /**
+   * QEMU's XBZRLE for the dirty pages of later pre-copy passes (a delta against the page as sent
+   * before). Default true; see docs/migration.md for why it stays on with dedup.
+   */
+  xbzrle?: boolean;
 }
 
 /** QMP query-migrate as QEMU 7.2 answers it (fields omitted by state). */
