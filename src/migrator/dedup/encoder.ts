@@ -98,7 +98,7 @@ export class DedupSender {
   readonly wire: Duplex;
   /**
    * The return path's bytes (with `returnPath`); ends with it. Without a return path it ends, empty, once
-   * the transfer is done. Destroyed with the error if the transfer fails.
+   * the transfer is done. Destroyed if the transfer fails (without the error, which `done` carries).
    */
   readonly output: Readable;
   /**
