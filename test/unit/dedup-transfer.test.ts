@@ -11,6 +11,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { chunkBoundaries } from '../../src/migrator/dedup/common/chunker.ts';
 import { encodeHeader, encodeNeed, encodeRef } from '../../src/migrator/dedup/common/protocol.ts';
 import { DedupReceiver } from '../../src/migrator/dedup/decoder.ts';
 import { DedupSender } from '../../src/migrator/dedup/encoder.ts';
@@ -337,6 +338,31 @@ describe('dedup transfer', () => {
     receiver.input.end();
     await Promise.all([sender.done, receiver.done]);
     assert.deepEqual(answers, requests.map((r) => Buffer.concat([Buffer.from('re:'), r])));
+  });
+
+  test('with a return path, a slow link adds no cuts: input waiting for the wire is not idle', async () => {
+    // The wire is read in bursts with pauses far longer than the idle flush; the writer keeps the input
+    // full. Every cut must be a content-defined one, as for the whole stream chunked at once.
+    const data = vmLikeData(mulberry32(32), 6 * MiB);
+    const sender = new DedupSender({ returnPath: true, windowBytes: 64 * 1024 * 1024 });
+    const receiver = new DedupReceiver({ returnPath: true });
+    for (const stream of [sender.input, sender.output, receiver.input, receiver.output]) stream.on('error', () => {});
+    receiver.wire.pipe(sender.wire);
+    let frames = 0;
+    sender.wire.on('data', (bytes: Buffer) => {
+      receiver.wire.write(bytes);
+      if (++frames % 8 === 0) {
+        sender.wire.pause();
+        setTimeout(() => sender.wire.resume(), 5);
+      }
+    });
+    const got = collect(receiver.output);
+    sender.output.resume();
+    await writeAll(sender.input, data, mulberry32(33));
+    receiver.input.end();
+    const [stats] = await Promise.all([sender.done, receiver.done]);
+    assert.ok((await got).equals(data));
+    assert.equal(stats.chunks, chunkBoundaries(data).length);
   });
 
   test('the two ends must agree on the return path', async () => {
