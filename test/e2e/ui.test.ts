@@ -244,6 +244,10 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
       assert.match(await row.getByTestId('downtime').innerText(), /^\d+(\.\d+)? (ms|s)$/);
       assert.match(await row.getByTestId('bytes').innerText(), /^\d+(\.\d)? (KiB|MiB|GiB)$/);
       assert.match(await row.innerText(), /user/);
+      // The buttons move with the default dedup choice; the strategy cell says on hover which way it went and why.
+      const dedup = (await row.getByTestId('strategy').getAttribute('title')) ?? '';
+      assert.match(dedup, /^dedup auto: (on|off), .*link .*dedup /);
+      assert.equal(await row.getByTestId('dedup').count(), dedup.startsWith('dedup auto: on') ? 1 : 0);
     }
     await waitUntil('the moves shaded on the plots', async () => Number(await attr(page, 'plots', 'data-markers')) >= 2, 10_000);
     await page.screenshot({ path: join(RESULTS, 'ui-history.png'), fullPage: true });

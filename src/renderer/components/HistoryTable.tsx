@@ -1,5 +1,6 @@
 // Past moves of the VM, newest first: when, which way, who asked (and why), how long, the guest's
-// pause, and what crossed the link.
+// pause, what crossed the link, and how the memory went (the strategy; through dedup, its raw size →
+// what crossed the link, and why dedup was or was not used on hover).
 import { useUi } from '../hooks.ts';
 import { formatDateTime, formatMs, recordBytes, SITE_NAMES } from '../format.ts';
 import { formatBytes } from '../../shared/format.ts';
@@ -43,7 +44,14 @@ export function HistoryTable({ vm }: { vm: string }) {
                 <td className="num">{formatMs(r.totalMs)}</td>
                 <td className="num" data-testid="downtime">{r.downtimeMs === undefined ? '–' : formatMs(r.downtimeMs)}</td>
                 <td className="num" data-testid="bytes">{formatBytes(recordBytes(r))}</td>
-                <td>{r.strategy}</td>
+                <td data-testid="strategy" title={r.dedup?.reason === undefined ? undefined : `dedup ${r.dedup.reason}`}>
+                  {r.strategy}
+                  {r.dedup?.used && (
+                    <div className="reasons" data-testid="dedup">
+                      dedup: memory {formatBytes(r.dedup.rawBytes)} → {formatBytes(r.streamBytes['migration'] ?? 0)}
+                    </div>
+                  )}
+                </td>
               </tr>
             ))}
           </tbody>
