@@ -1,7 +1,9 @@
 // Two real site agents on this machine, as separate processes started through the CLI, paired the
 // way a user pairs them (the token and fingerprint the core prints). `dispose` ends both agents and
-// every QEMU under their data directories, pass or fail.
+// every QEMU under their data directories, pass or fail. A test process that dies without disposing (a
+// signal, an uncaught error, its runner gone) still ends them: QEMU runs daemonized and would outlive it.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,6 +44,30 @@ async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T |
   throw new Error(`timed out waiting for ${what}`);
 }
 
+/** Site directories of a pair that may hold VMs. */
+const SITES = ['edge', 'core', join('edge', 'embedded-core')];
+
+/** Pairs not yet disposed, ended synchronously if the process goes away first. */
+const live = new Set<AgentPair>();
+
+function endLivePairs(): void {
+  for (const pair of live) pair.killNow();
+}
+
+let exitHooked = false;
+
+function hookProcessExit(): void {
+  if (exitHooked) return;
+  exitHooked = true;
+  process.once('exit', endLivePairs);
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    process.once(signal, () => {
+      endLivePairs();
+      process.exit(code);
+    });
+  }
+}
+
 export class AgentPair {
   readonly root: string;
   core!: AgentProcess;
@@ -77,6 +103,8 @@ export class AgentPair {
    */
   static async start(options: { pair?: boolean; autoPlacement?: boolean } = {}): Promise<AgentPair> {
     const pair = new AgentPair(await mkdtemp(join(tmpdir(), 'sb-ag-')), options.autoPlacement ?? false);
+    hookProcessExit();
+    live.add(pair);
     await pair.startCore();
     await pair.startEdge();
     if (options.pair ?? true) {
@@ -175,7 +203,31 @@ export class AgentPair {
     await exited;
   }
 
+  /** Synchronous and final, for a process on its way out: kills both agents and every QEMU, removes the directory. */
+  killNow(): void {
+    live.delete(this);
+    for (const agent of [this.edge, this.core]) agent?.child.kill('SIGKILL');
+    for (const site of SITES) {
+      let names: string[];
+      try {
+        names = readdirSync(join(this.root, site, 'vms'));
+      } catch {
+        continue;
+      }
+      for (const name of names) {
+        try {
+          const pid = Number.parseInt(readFileSync(join(this.root, site, 'vms', name, 'qemu.pid'), 'utf8'), 10);
+          if (pid > 0) process.kill(pid, 'SIGKILL');
+        } catch {
+          // no pid file, or the process is gone
+        }
+      }
+    }
+    rmSync(this.root, { recursive: true, force: true });
+  }
+
   async dispose(): Promise<void> {
+    live.delete(this);
     for (const agent of [this.edge, this.core]) {
       if (!agent) continue;
       if (agent.child.exitCode === null && agent.child.signalCode === null) {
@@ -186,7 +238,7 @@ export class AgentPair {
         clearTimeout(timer);
       }
     }
-    for (const site of ['edge', 'core', join('edge', 'embedded-core')]) {
+    for (const site of SITES) {
       const vms = join(this.root, site, 'vms');
       for (const name of await readdir(vms).catch(() => [] as string[])) {
         const pid = await readPidFile(join(vms, name, 'qemu.pid'));
