@@ -138,8 +138,6 @@ export class DedupSender {
   #endSent = false;
   /** With a return path: the timer that cuts a partial chunk after IDLE_FLUSH_MS without input. */
   #idleFlush: NodeJS.Timeout | undefined;
-  /** The chunker's position when the idle timer was armed: more input since means not idle. */
-  #idleSince = -1;
 
   // wire side
   #wireBlocked = false;
@@ -266,16 +264,15 @@ export class DedupSender {
    */
   #armIdleFlush(): void {
     if (!this.returnPath || this.#failed || this.#inputEnded || this.#chunker.pending === 0) return;
-    this.#idleSince = this.#chunker.position;
     if (this.#idleFlush === undefined) {
       this.#idleFlush = setTimeout(() => this.#run(() => this.#flushIdle()), IDLE_FLUSH_MS);
       this.#idleFlush.unref();
     } else this.#idleFlush.refresh();
   }
 
+  /** Input since the timer was armed either drained (and armed it again) or waits for the wire (a pending write). */
   #flushIdle(): void {
-    if (this.#failed || this.#inputEnded || this.#chunker.pending === 0) return;
-    if (this.#chunker.position !== this.#idleSince || this.#writeCallback !== undefined) return;
+    if (this.#failed || this.#inputEnded || this.#chunker.pending === 0 || this.#writeCallback !== undefined) return;
     this.#cut(this.#chunker.end());
     this.#pump();
   }
