@@ -376,13 +376,8 @@ export class MigrationService {
     handle('vm.list', async () => this.localVms());
     handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm, p.migrationId));
     handle('vm.migrate-out', async (p) => {
-      const options: MigrationOptions = {
-        strategy: p.options.strategy,
-        ...(p.options.maxBandwidth ? { maxBandwidth: p.options.maxBandwidth } : {}),
-        ...(p.options.downtimeLimitMs ? { downtimeLimitMs: p.options.downtimeLimitMs } : {}),
-        ...(p.options.xbzrle === undefined ? {} : { xbzrle: p.options.xbzrle }),
-      };
-      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), p.options.dedup ?? 'auto', p.options.chunkStoreMiB);
+      const { dedup, chunkStoreMiB, ...options } = p.options;
+      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), dedup ?? 'auto', chunkStoreMiB);
     });
     // A link that drops before the guest resumed here leaves the VM at the source: tear down what
     // we prepared. After the resume the guest is ours, whatever the source heard.
@@ -528,7 +523,7 @@ export class MigrationService {
       this.inFlight.add(command.vm);
       this.onProgress = publish;
       try {
-        record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { strategy: options.strategy, ...(options.maxBandwidth ? { maxBandwidth: options.maxBandwidth } : {}), ...(options.downtimeLimitMs ? { downtimeLimitMs: options.downtimeLimitMs } : {}), ...(options.xbzrle === undefined ? {} : { xbzrle: options.xbzrle }), dedup, ...this.chunkStoreOption() } }, { timeoutMs: 0 });
+        record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { ...options, dedup, ...this.chunkStoreOption() } }, { timeoutMs: 0 });
       } finally {
         this.onProgress = undefined;
         this.inFlight.delete(command.vm);
