@@ -4,7 +4,7 @@
 // signal, an uncaught error, its runner gone) still ends them: QEMU runs daemonized and would outlive it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -13,7 +13,6 @@ import { REPO_ROOT, demoGuest, runCli, waitForHeartbeats } from './fixtures.ts';
 import { GuestChannel } from '../../src/migrator/qemu/guest-channel.ts';
 import { isAckFor, type GuestCommand } from '../../src/shared/guest-protocol.ts';
 import { VmLibrary } from '../../src/main/vm-library.ts';
-import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { LocalApiClient } from '../../src/main/local-api/client.ts';
 import { localApiSocket } from '../../src/main/local-api/paths.ts';
 
@@ -207,6 +206,12 @@ export class AgentPair {
   killNow(): void {
     live.delete(this);
     for (const agent of [this.edge, this.core]) agent?.child.kill('SIGKILL');
+    this.#killQemus();
+    rmSync(this.root, { recursive: true, force: true });
+  }
+
+  /** Every QEMU under the pair's sites, by its pid file. */
+  #killQemus(): void {
     for (const site of SITES) {
       let names: string[];
       try {
@@ -223,7 +228,6 @@ export class AgentPair {
         }
       }
     }
-    rmSync(this.root, { recursive: true, force: true });
   }
 
   async dispose(): Promise<void> {
@@ -238,13 +242,7 @@ export class AgentPair {
         clearTimeout(timer);
       }
     }
-    for (const site of SITES) {
-      const vms = join(this.root, site, 'vms');
-      for (const name of await readdir(vms).catch(() => [] as string[])) {
-        const pid = await readPidFile(join(vms, name, 'qemu.pid'));
-        if (pid !== undefined && (await isAlive(pid))) process.kill(pid, 'SIGKILL');
-      }
-    }
+    this.#killQemus();
     await rm(this.root, { recursive: true, force: true });
   }
 }
