@@ -172,7 +172,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
     history,
     log,
     onSwitched: (vm, site) => void displays?.moved(vm, site),
-    ...(config ? { defaultMaxBandwidth: () => bandwidthCapBytesPerS(config.current()), defaultDedup: () => config.current().migration?.dedup, chunkStoreMiB: () => config.current().migration?.chunkStoreMiB } : {}),
+    ...(config ? { defaultMaxBandwidth: () => bandwidthCapBytesPerS(config.current()), defaultDedup: () => config.current().migration?.dedup, chunkStoreMiB: () => config.current().migration?.chunkStoreMiB, postcopyToCore: () => config.current().migration?.postcopyToCore } : {}),
   });
   await migrations.recover();
   const sensors = new VmSensors(library, log);

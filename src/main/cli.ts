@@ -9,6 +9,7 @@ import { buildGuest, findBuiltGuest, GuestBuildError } from '../../guest/build.t
 import { VmLibrary } from './vm-library.ts';
 import { defaultDataDir } from './local-api/paths.ts';
 import { pauseVm, startVm, stopVm, vmStatus, type VmStatusReport } from './vm-service.ts';
+import { formatStrategy } from '../shared/format.ts';
 import { formatIntegrity, formatLinkBytes, formatMigrationSummary, formatMs, formatProgress, formatTable } from './format.ts';
 import { LocalApiClient, LocalApiUnavailableError } from './local-api/client.ts';
 import { ConfigService, defaultConfigPath } from './config-service.ts';
@@ -16,7 +17,7 @@ import { CONFIG_KEYS, patchAt, type ConfigPatch, type ConfigReply } from '../sha
 import { runAgent } from './agent.ts';
 import { openInBrowser, type OpenedIn } from './app-launcher.ts';
 import { start } from './start.ts';
-import { DEDUP_MODES, type DedupMode, type SiteRole } from '../shared/migration.ts';
+import { DEDUP_MODES, MEMORY_STRATEGIES, type DedupMode, type MemoryStrategy, type SiteRole } from '../shared/migration.ts';
 import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
 import { decisionChanges, describeDecision, formatTrace, parseTrace, replay } from '../interaction-detect/common/trace.ts';
 
@@ -259,7 +260,7 @@ program
   .description('move a running VM to the other site, live; prints progress and a summary (time, downtime, bytes)')
   .argument('<vm>', 'VM name')
   .addOption(new Option('--to <site>', 'destination site').choices(['core', 'edge']).makeOptionMandatory())
-  .addOption(new Option('--strategy <strategy>', 'memory strategy: precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (short pre-copy, then post-copy)').choices(['precopy', 'hybrid', 'postcopy']))
+  .addOption(new Option('--strategy <strategy>', 'memory strategy: auto (the default to the core: pre-copy while it converges, judged during the move from the guest\'s dirty rate and the stream\'s; else auto-converge under KVM; else post-copy, unless the settings\' migration.postcopyToCore is false), precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (one pre-copy pass, then post-copy; the default to the edge)').choices(MEMORY_STRATEGIES))
   .option('--bandwidth <Mbit/s>', 'cap the memory stream', bandwidth)
   .option('--downtime <ms>', 'longest acceptable pause at switchover', positiveInt)
   .addOption(
@@ -269,7 +270,7 @@ program
   )
   .option('--no-xbzrle', 'send the dirty pages of later pre-copy passes whole, not as XBZRLE deltas against the pages sent before (XBZRLE is on by default)')
   .option('--json', 'print the migration record as JSON', false)
-  .action(async (vmName: string, opts: { to: SiteRole; strategy?: 'precopy' | 'hybrid' | 'postcopy'; bandwidth?: number; downtime?: number; dedup?: DedupMode; xbzrle: boolean; json: boolean }, command: Command) => {
+  .action(async (vmName: string, opts: { to: SiteRole; strategy?: MemoryStrategy; bandwidth?: number; downtime?: number; dedup?: DedupMode; xbzrle: boolean; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
     let lastPhase = '';
     let migrationId: string | undefined;
@@ -417,7 +418,7 @@ program
     process.stdout.write(formatTable(
       ['STARTED', 'VM', 'MOVE', 'BY', 'STRATEGY', 'OUTCOME', 'TIME', 'DOWNTIME', 'BYTES'],
       records.map((r) => [
-        r.startedAt.replace('T', ' ').slice(0, 19), r.vm, `${r.from}→${r.to}`, r.trigger?.by ?? 'user', r.strategy,
+        r.startedAt.replace('T', ' ').slice(0, 19), r.vm, `${r.from}→${r.to}`, r.trigger?.by ?? 'user', formatStrategy(r),
         r.outcome === 'committed' ? 'moved' : `failed (${r.failedPhase ?? '?'})`, formatMs(r.totalMs),
         r.downtimeMs === undefined ? '-' : formatMs(r.downtimeMs), formatLinkBytes(r),
       ]),

@@ -1,7 +1,7 @@
 // Plain-text formatting for the CLI.
 import type { IntegritySummary } from '../migrator/qemu/common/integrity.ts';
 import type { MigrationProgress, MigrationRecord } from '../shared/migration.ts';
-import { formatBytes } from '../shared/format.ts';
+import { formatBytes, formatStrategy } from '../shared/format.ts';
 
 export function formatTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
@@ -37,7 +37,7 @@ export function formatProgress(p: MigrationProgress, width = 24): string {
 
 export function formatMigrationSummary(r: MigrationRecord): string[] {
   const head = r.outcome === 'committed'
-    ? `${r.vm} moved ${r.from} → ${r.to} (${r.strategy}) in ${formatMs(r.totalMs)}, downtime ${r.downtimeMs === undefined ? '?' : formatMs(r.downtimeMs)}`
+    ? `${r.vm} moved ${r.from} → ${r.to} (${formatStrategy(r)}) in ${formatMs(r.totalMs)}, downtime ${r.downtimeMs === undefined ? '?' : formatMs(r.downtimeMs)}`
     : `${r.vm} did NOT move ${r.from} → ${r.to}: failed in phase ${r.failedPhase ?? '?'}: ${r.error ?? ''} — the VM still runs at the ${r.from}`;
   const phases = Object.entries(r.phaseMs).map(([phase, ms]) => `${phase} ${formatMs(ms)}${r.phaseBytes[phase as keyof typeof r.phaseBytes] ? ` / ${formatBytes(r.phaseBytes[phase as keyof typeof r.phaseBytes] ?? 0)}` : ''}`);
   const streams = Object.entries(r.streamBytes).map(([stream, bytes]) => `${stream} ${formatBytes(bytes)}`);
@@ -47,6 +47,7 @@ export function formatMigrationSummary(r: MigrationRecord): string[] {
     head,
     `  phases:  ${phases.join(', ') || '-'}`,
     `  on the link: ${formatBytes(total)} (${streams.join(', ') || '-'})`,
+    ...(r.memory === undefined ? [] : [`  memory: ${r.memory.reason}${r.memory.postcopyMs === undefined ? '' : `; post-copy ran ${formatMs(r.memory.postcopyMs)} (the guest at the ${r.to}, some pages still at the ${r.from})`}`]),
     ...(dedup === undefined ? [] : [`  dedup: ${dedup}`]),
   ];
 }

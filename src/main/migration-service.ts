@@ -202,6 +202,12 @@ export function toRecord(result: MigrationResult, from: SiteRole, to: SiteRole, 
     from,
     to,
     strategy: result.strategy.requested,
+    memory: {
+      used: result.strategy.used,
+      autoConverge: result.strategy.autoConverge,
+      reason: result.strategy.reason,
+      ...(result.strategy.postcopyMs === undefined ? {} : { postcopyMs: result.strategy.postcopyMs }),
+    },
     outcome: 'committed',
     startedAt: result.startedAt,
     totalMs: result.totalMs,
@@ -247,6 +253,8 @@ export interface MigrationServiceDeps {
   defaultDedup?: () => DedupMode | undefined;
   /** Each VM's dedup chunk store bound (MiB): the settings file's, read at each move (else twice its RAM). */
   chunkStoreMiB?: () => number | undefined;
+  /** The settings' `migration.postcopyToCore` (undefined: allowed). */
+  postcopyToCore?: () => boolean | undefined;
 }
 
 /** How long a measurement of the link or of the dedup sender stands for the `auto` dedup choice. */
@@ -499,8 +507,16 @@ export class MigrationService {
     if (this.deps.role !== 'edge' || !this.coreLink) throw new LocalApiError('wrong-role', 'migrations are started from the edge agent');
     const link = await this.coreLink();
     const maxBandwidth = command.maxBandwidth ?? this.deps.defaultMaxBandwidth?.();
+    // Towards the edge, hybrid: the user waits for it, and post-copy gives it back soonest. Towards
+    // the core, auto: whatever converges, measured during the move (convergence.ts).
+    const strategy = command.strategy ?? (command.to === 'edge' ? 'hybrid' : 'auto');
+    const postcopyToCore = this.deps.postcopyToCore?.() ?? true;
+    if (command.to === 'core' && !postcopyToCore && (strategy === 'hybrid' || strategy === 'postcopy')) {
+      throw new LocalApiError('invalid-params', `--strategy ${strategy} uses post-copy, which the settings forbid towards the core (migration.postcopyToCore is false); use precopy or auto, or \`snowbird config set migration.postcopyToCore true\``);
+    }
     const options: MigrationOptions = {
-      strategy: command.strategy ?? (command.to === 'edge' ? 'hybrid' : 'precopy'),
+      strategy,
+      ...(command.to === 'core' && !postcopyToCore ? { allowPostcopy: false } : {}),
       ...(maxBandwidth ? { maxBandwidth } : {}),
       ...(command.downtimeLimitMs ? { downtimeLimitMs: command.downtimeLimitMs } : {}),
       ...(command.xbzrle === undefined ? {} : { xbzrle: command.xbzrle }),

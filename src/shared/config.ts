@@ -44,6 +44,12 @@ export const configFileSchema = z.strictObject({
       dedup: z.enum(DEDUP_MODES).optional(),
       /** Each VM's dedup chunk store, at each site, holds at most this many MiB (default: twice the VM's RAM). */
       chunkStoreMiB: z.number().int().positive().optional(),
+      /**
+       * Whether a move to the core may end in post-copy (default true): the default strategy's last
+       * lever when pre-copy cannot converge. Off, such a move throttles the guest (KVM), accepts a
+       * longer pause up to 4× the downtime limit (TCG), or fails with the reason.
+       */
+      postcopyToCore: z.boolean().optional(),
     })
     .optional(),
   policy: policySettingsSchema.optional(),
@@ -83,7 +89,7 @@ export type ConfigReply = z.infer<typeof configReplySchema>;
 export type ConfigPatch = Record<string, unknown>;
 
 export const CONFIG_SECTIONS = {
-  migration: ['bandwidthCapMbit', 'dedup', 'chunkStoreMiB'],
+  migration: ['bandwidthCapMbit', 'dedup', 'chunkStoreMiB', 'postcopyToCore'],
   policy: Object.keys(policySettingsSchema.shape) as PolicySettingKey[],
 } as const;
 

@@ -1,4 +1,5 @@
 // Figures as people read them, shared by the CLI and the app (pure: the browser imports it too).
+import type { MigrationRecord } from './migration.ts';
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
 
@@ -11,4 +12,14 @@ export function formatBytes(bytes: number): string {
     unit += 1;
   }
   return `${value.toFixed(unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
+}
+
+/**
+ * A move's memory strategy in a few words: what was asked and, where it differs, what happened
+ * (`auto → post-copy`, `auto → pre-copy + throttle`, `hybrid`).
+ */
+export function formatStrategy(r: Pick<MigrationRecord, 'strategy' | 'memory'>): string {
+  const m = r.memory;
+  if (m === undefined || r.strategy !== 'auto') return r.strategy;
+  return `auto → ${m.used === 'postcopy' ? 'post-copy' : 'pre-copy'}${m.autoConverge ? ' + throttle' : ''}`;
 }

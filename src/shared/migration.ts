@@ -5,7 +5,12 @@ import { z } from 'zod';
 export const SITE_ROLES = ['edge', 'core'] as const;
 export type SiteRole = (typeof SITE_ROLES)[number];
 
-export const MEMORY_STRATEGIES = ['precopy', 'hybrid', 'postcopy'] as const;
+/**
+ * `auto` (the default towards the core) decides during the move: pre-copy while it converges,
+ * auto-converge where throttling is safe, else post-copy; see docs/migration.md.
+ */
+export const MEMORY_STRATEGIES = ['auto', 'precopy', 'hybrid', 'postcopy'] as const;
+export type MemoryStrategy = (typeof MEMORY_STRATEGIES)[number];
 /**
  * Whether a move's memory stream goes through the dedup transport: `auto` (the default) when the link,
  * not the transport, is the bottleneck (measured; see docs/migration.md), or always `on`, or `off`.
@@ -72,6 +77,16 @@ export const migrationRecordSchema = z.object({
       needs: z.number().nonnegative().optional(),
       /** The dedup transport itself failed, which failed the move: with `--dedup off` the stream goes plain. */
       failed: z.string().optional(),
+    })
+    .optional(),
+  /** How the memory moved (`strategy` is what was asked for), and why. */
+  memory: z
+    .object({
+      used: z.enum(['precopy', 'postcopy']),
+      autoConverge: z.boolean(),
+      reason: z.string(),
+      /** Post-copy's risk window: the guest ran at the destination while some of its pages were only at the source. */
+      postcopyMs: z.number().nonnegative().optional(),
     })
     .optional(),
   /** QEMU's final query-migrate statistics, as reported. */

@@ -21,6 +21,8 @@ export const migrationOptionsSchema = z.object({
   downtimeLimitMs: z.number().int().positive().max(60_000).optional(),
   /** QEMU's XBZRLE for later pre-copy passes. Default true. */
   xbzrle: z.boolean().optional(),
+  /** auto: whether post-copy may finish a move pre-copy cannot. Default true. */
+  allowPostcopy: z.boolean().optional(),
   /** The memory stream through the dedup transport: auto (the source decides by measuring), on, off. Default auto. */
   dedup: z.enum(DEDUP_MODES).optional(),
   /** The VM's dedup chunk store bound (MiB) the edge's settings ask for; absent: the default from its RAM. */

@@ -95,6 +95,47 @@ describe('convergence watch', () => {
     assert.equal(slow[r?.index ?? -1]?.dirtySyncCount, 10);
   });
 
+  describe('auto (the default towards the core)', () => {
+    test('pre-copy that converges is left alone', () => {
+      assert.equal(replay(CONVERGING, config('auto', 300, 'tcg')), undefined);
+      assert.equal(replay(CONVERGING, config('auto', 300)), undefined);
+    });
+
+    test('a guest that outpaces the stream goes to post-copy right after the bulk pass, saying why and for how long', () => {
+      // 175 MiB/s dirtied, 39 MiB/s carried (the busy VM on loopback): pass 2 is enough to know.
+      const busy = rows([[0,1,200_000_000,1_000_000,300,0,0],[2000,1,60_000_000,80_000_000,300,0,327],[4200,2,67_000_000,150_000_000,1700,44_800,327],[4500,2,60_000_000,160_000_000,1700,44_800,327]]);
+      const r = replay(busy, config('auto', 300, 'tcg'));
+      assert.equal(r?.action.kind, 'start-postcopy');
+      assert.equal(busy[r?.index ?? -1]?.dirtySyncCount, 2);
+      assert.match(r?.action.kind === 'start-postcopy' ? r.action.reason : '', /the guest dirties 175\.0 MiB\/s, the stream carries 39\.0 MiB\/s.*: post-copy for ~1\.6 s/);
+    });
+
+    test('a stalled pre-copy under TCG goes to post-copy at the first pass that did not shrink', () => {
+      const r = replay(STALLED, config('auto', 50, 'tcg'));
+      assert.equal(r?.action.kind, 'start-postcopy');
+      assert.equal(STALLED[r?.index ?? -1]?.dirtySyncCount, 3);
+    });
+
+    test('under KVM it throttles first, gives the throttle two passes, then post-copy', () => {
+      const first = replay(STALLED, config('auto', 50));
+      assert.equal(first?.action.kind, 'enable-auto-converge');
+      assert.equal(STALLED[first?.index ?? -1]?.dirtySyncCount, 3);
+      const throttled = { ...fresh, autoConverge: true, autoConvergeAtPass: 3 };
+      const next = replay(STALLED, config('auto', 50), throttled);
+      assert.equal(next?.action.kind, 'start-postcopy');
+      assert.equal(STALLED[next?.index ?? -1]?.dirtySyncCount, 5);
+    });
+
+    test('with post-copy forbidden: under TCG a longer pause up to the ceiling, then it gives up naming the setting', () => {
+      const noPostcopy = { ...config('auto', 50, 'tcg'), postcopyAllowed: false };
+      assert.equal(replay(STALLED, noPostcopy)?.action.kind, 'raise-downtime-limit');
+      const r = replay(STALLED, { ...noPostcopy, maxPasses: 6 }, { ...fresh, downtimeLimitMs: 200 });
+      assert.equal(r?.action.kind, 'give-up');
+      assert.equal(STALLED[r?.index ?? -1]?.dirtySyncCount, 6);
+      assert.match(r?.action.kind === 'give-up' ? r.action.reason : '', /post-copy .* is off in the settings \(migration\.postcopyToCore\)/);
+    });
+  });
+
   test('not active: wait', () => {
     assert.deepEqual(convergenceDecision([{ ...(STALLED.at(-1) as MigrationSample), status: 'pre-switchover' }], config('postcopy', 50), fresh), { kind: 'wait' });
   });

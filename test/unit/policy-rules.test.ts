@@ -47,7 +47,7 @@ describe('pins win', () => {
     assert.ok(move !== undefined);
     assert.equal(move.to, 'core');
     assert.equal(move.rule, 'pin');
-    assert.equal(move.strategy, 'precopy');
+    assert.equal(move.strategy, 'auto');
     assert.equal(move.at, typing(60)[0]?.at);
   });
 
@@ -194,14 +194,15 @@ describe('cost model', () => {
 });
 
 describe('strategies', () => {
-  test('to the core: pre-copy, or hybrid when the guest dirties over half the link', () => {
+  test('to the core: the default (auto), which chooses during the move; the reasons say what to expect', () => {
     const history = [past('core', -3_600_000, 2000), past('edge', -3_500_000, 2000)];
     const calm = replay(longCrunch, P, history).moves[0];
-    assert.equal(calm?.strategy, 'precopy');
+    assert.equal(calm?.strategy, 'auto');
+    assert.match(texts([calm as PlacementDecision]), /strategy auto: the guest dirties 27\.2 MB\/s, the link carries 125 MB\/s: expect pre-copy to converge/);
     const dirty = longCrunch.map((s) => ({ ...s, dirtyBytesPerS: 40e6, linkBytesPerS: 60e6 }));
     const busy = replay(dirty, P, history).moves[0];
-    assert.equal(busy?.strategy, 'hybrid');
-    assert.match(texts([busy as PlacementDecision]), /dirties 40 MB\/s, over half the link's 60 MB\/s/);
+    assert.equal(busy?.strategy, 'auto');
+    assert.match(texts([busy as PlacementDecision]), /dirties 40 MB\/s, over half the link's 60 MB\/s: expect post-copy/);
   });
 });
 

@@ -172,17 +172,19 @@ export function estimateMoveMs(
   };
 }
 
-/** To the core: pre-copy (the VM keeps running at the edge until the switch) unless it cannot converge. */
+/**
+ * To the core: the default (auto), as the Send to cloud button and `snowbird migrate` use it: the
+ * move itself measures whether pre-copy converges and otherwise finishes in post-copy.
+ */
 function strategyToCore(sample: InteractionSample, params: PolicyParams): { strategy: Strategy; why: string } {
   const link = sample.linkBytesPerS ?? params.assumedLinkBytesPerS;
   const dirty = sample.dirtyBytesPerS;
-  if (dirty !== null && dirty >= link / 2) {
-    return {
-      strategy: 'hybrid',
-      why: `strategy hybrid: the guest dirties ${fmtRate(dirty)}, over half the link's ${fmtRate(link)}, so pre-copy alone would not converge`,
-    };
-  }
-  return { strategy: 'precopy', why: 'strategy pre-copy: the VM keeps running at the edge until the switch' };
+  const expectation = dirty === null
+    ? 'pre-copy while it converges, else post-copy, judged during the move'
+    : dirty >= link / 2
+      ? `the guest dirties ${fmtRate(dirty)}, over half the link's ${fmtRate(link)}: expect post-copy`
+      : `the guest dirties ${fmtRate(dirty)}, the link carries ${fmtRate(link)}: expect pre-copy to converge`;
+  return { strategy: 'auto', why: `strategy auto: ${expectation}` };
 }
 
 const HYBRID_BACK = 'strategy hybrid: it runs at the edge again after one pre-copy pass (fast time-to-interactive)';

@@ -35,7 +35,7 @@ import {
   type MigrationTimeouts,
   type QemuMigrationStats,
 } from './common/types.ts';
-import { convergenceDecision, DEFAULT_CONVERGENCE, sampleOf, type ConvergenceConfig, type MigrationSample } from './common/convergence.ts';
+import { convergenceDecision, DEFAULT_CONVERGENCE, rates, sampleOf, type ConvergenceConfig, type MigrationSample } from './common/convergence.ts';
 import type { JournalStep, SourceJournal } from './common/journal.ts';
 import { removeFile, sourceJournalPath, writeSourceJournal } from './journal.ts';
 import { diskRoot, QemuGoneError, QemuWatch, RUNNING_MIGRATION, setCapabilities, stopOutgoingStreams, WaitTimeoutError } from './qemu-ops.ts';
@@ -110,7 +110,13 @@ class SourceMigration {
   /** QEMU reached postcopy-active: the source's RAM is needed until the stream completes. */
   #postcopyStarted = false;
   #postcopyAtPass: number | undefined;
+  /** When QEMU entered postcopy-active, and when post-copy completed: the risk window. */
+  #postcopyActiveAt: number | undefined;
+  #postcopyDoneAt: number | undefined;
   #autoConverge = false;
+  #autoConvergeAtPass: number | undefined;
+  /** The latest lever the convergence watch pulled, in its words. */
+  #strategyAction: string | undefined;
   /** auto-converge is usable: KVM only (QEMU 7.2 corrupts TCG guests it throttles). */
   /** The accelerator this QEMU runs under: the destination uses the same; throttling needs KVM. */
   #accel: Accel = 'tcg';
@@ -142,7 +148,9 @@ class SourceMigration {
     return this.#in.options.strategy;
   }
 
+  /** Whether QEMU gets the postcopy-ram capability: `auto` keeps post-copy as its last lever unless it is forbidden. */
   get #usesPostcopy(): boolean {
+    if (this.#strategy === 'auto') return this.#in.options.allowPostcopy ?? true;
     return this.#strategy !== 'precopy';
   }
 
@@ -300,7 +308,7 @@ class SourceMigration {
     // Pre-copy under KVM keeps auto-converge armed but dormant (threshold 100 %): the convergence
     // watch makes it bite, since capabilities cannot change while a migration runs. Never under
     // TCG: QEMU 7.2 loses guest writes when it throttles a TCG vCPU during migration.
-    const armThrottle = !this.#usesPostcopy && this.#accel === 'kvm';
+    const armThrottle = (this.#strategy === 'precopy' || this.#strategy === 'auto') && this.#accel === 'kvm';
     await setCapabilities(qmp, {
       events: true,
       xbzrle: options.xbzrle ?? true,
@@ -382,6 +390,7 @@ class SourceMigration {
       strategy: this.#strategy,
       downtimeLimitMs: this.#downtimeLimitMs,
       throttleAvailable: this.#accel === 'kvm',
+      postcopyAllowed: this.#usesPostcopy,
       downtimeCeilingMs: this.#in.options.downtimeCeilingMs ?? this.#downtimeLimitMs * 4,
     };
     await qmp.execute('migrate', { uri: `unix:${prepared.migrationSocket}` });
@@ -442,7 +451,12 @@ class SourceMigration {
             },
           });
           if (acting) return;
-          const action = convergenceDecision(this.#samples, config, { postcopyStarted: this.#postcopyRequested, autoConverge: this.#autoConverge, downtimeLimitMs: this.#downtimeLimitMs });
+          const action = convergenceDecision(this.#samples, config, {
+            postcopyStarted: this.#postcopyRequested,
+            autoConverge: this.#autoConverge,
+            ...(this.#autoConvergeAtPass === undefined ? {} : { autoConvergeAtPass: this.#autoConvergeAtPass }),
+            downtimeLimitMs: this.#downtimeLimitMs,
+          });
           if (action.kind === 'wait') return;
           acting = true;
           try {
@@ -456,11 +470,13 @@ class SourceMigration {
               // Make auto-converge bite: throttle as soon as the guest dirties more than 10 % of what is sent.
               await qmp.execute('migrate-set-parameters', { 'throttle-trigger-threshold': 10 });
               this.#autoConverge = true;
+              this.#autoConvergeAtPass = sample.dirtySyncCount;
             } else {
               await qmp.execute('migrate-set-parameters', { 'downtime-limit': action.toMs });
               this.#downtimeLimitMs = action.toMs;
             }
             this.#decisions.push(`${action.kind} at pass ${sample.dirtySyncCount}: ${action.reason}`);
+            this.#strategyAction = action.reason;
             this.#emit({ message: action.reason });
           } finally {
             acting = false;
@@ -518,6 +534,7 @@ class SourceMigration {
       // side of the stream, and QEMU 7.2 cannot resume this source. Ask the destination to resume,
       // retrying (switchover is idempotent); a persistent failure leaves it to recoverMigration.
       this.#postcopyStarted = true;
+      this.#postcopyActiveAt = performance.now();
       await this.#step('switchover');
       for (let attempt = 1; ; attempt++) {
         try {
@@ -604,7 +621,10 @@ class SourceMigration {
         if (error instanceof QemuGoneError) throw this.#lostAfterSwitchover('the source QEMU exited during post-copy, with pages the destination had not received');
         throw error;
       }
-      if (status === 'completed') return;
+      if (status === 'completed') {
+        this.#postcopyDoneAt = performance.now();
+        return;
+      }
       if (status === 'failed' || performance.now() > recoverBy) {
         throw this.#postcopyUnfinished(new PhaseFailure(status === 'failed' ? 'QEMU reports the post-copy stream failed' : `the post-copy stream could not be recovered within ${Math.round(this.#timeouts.postcopyRecoveryMs / 1000)} s`));
       }
@@ -682,6 +702,16 @@ class SourceMigration {
     return this.#error(phase, outcome, `${detail}${extra}.`, cause);
   }
 
+  /** One line on how the memory moved, and why: what the CLI, the history and the app show. */
+  #strategyReason(): string {
+    const strategy = this.#strategy;
+    if (strategy !== 'auto') return `${strategy}, as asked`;
+    if (this.#strategyAction !== undefined) return `auto: ${this.#strategyAction}`;
+    const last = this.#samples.findLast((s) => s.status === 'active');
+    const figures = last === undefined ? '' : `: the guest dirties ${fmtRate(rates(last).dirty)}, the stream carries ${fmtRate(rates(last).stream)}`;
+    return `auto: pre-copy converged${figures}`;
+  }
+
   #error(phase: MigrationPhase, outcome: FailureOutcome, detail: string, cause?: unknown): MigrationError {
     return new MigrationError({ phase, migrationId: this.#id, vm: this.#in.spec.name, outcome, detail, cause });
   }
@@ -740,6 +770,8 @@ class SourceMigration {
         downtimeLimitMs: this.#downtimeLimitMs,
         postcopyAtPass: this.#postcopyAtPass,
         decisions: [...this.#decisions],
+        reason: this.#strategyReason(),
+        postcopyMs: this.#postcopyActiveAt === undefined || this.#postcopyDoneAt === undefined ? undefined : Math.round(this.#postcopyDoneAt - this.#postcopyActiveAt),
       },
       disk: {
         mode: plan.mode,
@@ -773,4 +805,8 @@ function describe(cause: unknown, signal: AbortSignal | undefined): string {
   if (cause instanceof WaitTimeoutError) return cause.message;
   if (cause instanceof Error) return cause.message;
   return String(cause);
+}
+
+function fmtRate(bytesPerSecond: number): string {
+  return `${(bytesPerSecond / (1024 * 1024)).toFixed(1)} MiB/s`;
 }

@@ -3,7 +3,7 @@
 // what crossed the link, and why dedup was or was not used on hover).
 import { useUi } from '../hooks.ts';
 import { formatDateTime, formatMs, recordBytes, SITE_NAMES } from '../format.ts';
-import { formatBytes } from '../../shared/format.ts';
+import { formatBytes, formatStrategy } from '../../shared/format.ts';
 
 export function HistoryTable({ vm }: { vm: string }) {
   const records = useUi((s) => s.history[vm]);
@@ -44,8 +44,9 @@ export function HistoryTable({ vm }: { vm: string }) {
                 <td className="num">{formatMs(r.totalMs)}</td>
                 <td className="num" data-testid="downtime">{r.downtimeMs === undefined ? '–' : formatMs(r.downtimeMs)}</td>
                 <td className="num" data-testid="bytes">{formatBytes(recordBytes(r))}</td>
-                <td data-testid="strategy" title={r.dedup?.reason === undefined ? undefined : `dedup ${r.dedup.reason}`}>
-                  {r.strategy}
+                <td data-testid="strategy" title={[r.memory?.reason, r.dedup?.reason === undefined ? undefined : `dedup ${r.dedup.reason}`].filter(Boolean).join('\n') || undefined}>
+                  {formatStrategy(r)}
+                  {r.memory?.postcopyMs !== undefined && <div className="reasons" data-testid="postcopy">post-copy {formatMs(r.memory.postcopyMs)}</div>}
                   {r.dedup?.used && (
                     <div className="reasons" data-testid="dedup">
                       dedup: memory {formatBytes(r.dedup.rawBytes)} → {formatBytes(r.streamBytes['migration'] ?? 0)}

@@ -51,6 +51,13 @@ export interface ConvergenceConfig {
   minShrink: number;
   /** Stop waiting after this many passes whatever the trend; pre-copy gives up here once it has no lever left. */
   maxPasses: number;
+  /**
+   * auto: whether post-copy may be its last lever (the user can forbid it; then a move that cannot
+   * converge throttles, accepts a longer pause, or gives up).
+   */
+  postcopyAllowed: boolean;
+  /** auto: the guest dirtying at least this fraction of what the stream carries cannot converge. */
+  autoMaxDirtyRatio: number;
 }
 
 export const DEFAULT_CONVERGENCE: Omit<ConvergenceConfig, 'strategy' | 'downtimeLimitMs' | 'throttleAvailable' | 'downtimeCeilingMs'> = {
@@ -59,11 +66,15 @@ export const DEFAULT_CONVERGENCE: Omit<ConvergenceConfig, 'strategy' | 'downtime
   stallPasses: 2,
   minShrink: 0.2,
   maxPasses: 30,
+  postcopyAllowed: true,
+  autoMaxDirtyRatio: 0.8,
 };
 
 export interface ConvergenceState {
   postcopyStarted: boolean;
   autoConverge: boolean;
+  /** The pass at which auto-converge was made to bite: it gets `stallPasses` passes to work. */
+  autoConvergeAtPass?: number;
   /** The downtime-limit in force now (it may have been raised). */
   downtimeLimitMs: number;
 }
@@ -103,6 +114,7 @@ export function convergenceDecision(samples: readonly MigrationSample[], config:
   if (config.strategy === 'hybrid' && pass >= 1 + config.hybridPrecopyPasses) {
     return { kind: 'start-postcopy', reason: `hybrid strategy: ${config.hybridPrecopyPasses} pre-copy pass(es) done, switching to post-copy for a fast resume` };
   }
+  if (config.strategy === 'auto') return autoDecision(samples, config, state);
   if (pass < config.judgeFromPass) return { kind: 'wait' };
   const expected = expectedDowntime(last);
   if (expected !== undefined && expected <= state.downtimeLimitMs) return { kind: 'wait' };
@@ -129,6 +141,52 @@ export function convergenceDecision(samples: readonly MigrationSample[], config:
   // No throttling (TCG): accept a longer pause, step by step, up to the ceiling.
   const toMs = Math.min(config.downtimeCeilingMs, Math.max(state.downtimeLimitMs * 2, Math.ceil((expected ?? 0) * 1.25)));
   return { kind: 'raise-downtime-limit', toMs, reason: `${reason}; throttling is unavailable under TCG` };
+}
+
+/** What the guest dirties and what the stream carries, in bytes/s, from QEMU's latest figures. */
+export function rates(sample: MigrationSample): { dirty: number; stream: number } {
+  return { dirty: sample.dirtyPagesRate * PAGE_BYTES, stream: sample.mbps * 125_000 };
+}
+
+const PAGE_BYTES = 4096;
+
+/**
+ * The default towards the core: pre-copy while it converges, judged from the first pass on (the
+ * guest's dirty rate against the stream's rate, and whether the dirty set shrinks from one pass to
+ * the next); else auto-converge where throttling is safe; else post-copy (unless forbidden); else,
+ * under TCG, a longer pause up to the ceiling; else give up.
+ */
+function autoDecision(samples: readonly MigrationSample[], config: ConvergenceConfig, state: ConvergenceState): ConvergenceAction {
+  const last = samples.at(-1);
+  if (last === undefined) return { kind: 'wait' };
+  const pass = last.dirtySyncCount;
+  if (pass < 2) return { kind: 'wait' };
+  const expected = expectedDowntime(last);
+  if (expected !== undefined && expected <= state.downtimeLimitMs) return { kind: 'wait' };
+  if (state.autoConverge && pass < (state.autoConvergeAtPass ?? 0) + config.stallPasses) return { kind: 'wait' };
+
+  const { dirty, stream } = rates(last);
+  const byPass = dirtySetByPass(samples);
+  const now = byPass.get(pass);
+  const before = byPass.get(pass - 1);
+  const outpaced = dirty > 0 && stream > 0 && dirty >= stream * config.autoMaxDirtyRatio;
+  const stalled = pass >= 3 && now !== undefined && before !== undefined && now > before * (1 - config.minShrink);
+  const tooLong = pass >= config.maxPasses;
+  if (!outpaced && !stalled && !tooLong) return { kind: 'wait' };
+
+  const figures = dirty > 0 && stream > 0 ? `the guest dirties ${fmtBytes(dirty)}/s, the stream carries ${fmtBytes(stream)}/s` : `the dirty set is not shrinking (${fmtBytes(before ?? 0)} → ${fmtBytes(now ?? 0)})`;
+  const why = `${figures}; ${last.remaining > 0 ? `${fmtBytes(last.remaining)} dirty, ` : ''}expected downtime ${expected === undefined ? 'unknown' : `${Math.round(expected)} ms`} > limit ${state.downtimeLimitMs} ms`;
+  if (config.throttleAvailable && !state.autoConverge) return { kind: 'enable-auto-converge', reason: `pre-copy cannot converge as it is (${why}): throttling the guest` };
+  if (config.postcopyAllowed) {
+    const seconds = stream > 0 ? ` for ~${(last.remaining / stream).toFixed(1)} s` : '';
+    return { kind: 'start-postcopy', reason: `pre-copy cannot converge (${why}): post-copy${seconds}` };
+  }
+  if (!config.throttleAvailable && state.downtimeLimitMs < config.downtimeCeilingMs) {
+    const toMs = Math.min(config.downtimeCeilingMs, Math.max(state.downtimeLimitMs * 2, Math.ceil((expected ?? 0) * 1.25)));
+    return { kind: 'raise-downtime-limit', toMs, reason: `${why}; post-copy is off in the settings and throttling is unavailable under TCG` };
+  }
+  if (!tooLong) return { kind: 'wait' };
+  return { kind: 'give-up', reason: `pre-copy cannot converge (${why}) and post-copy towards this site is off in the settings (migration.postcopyToCore); allow it, or allow more --bandwidth or --downtime` };
 }
 
 function fmtBytes(n: number): string {

@@ -2,7 +2,11 @@
 import type { MigrationInfo } from '../../qmp/common/types.ts';
 import type { DiskSyncMode } from '../../layers/common/planner.ts';
 
-export type MemoryStrategy = 'precopy' | 'hybrid' | 'postcopy';
+/**
+ * `auto` is the default towards the core: pre-copy while it converges, then auto-converge where
+ * throttling is safe, then post-copy (unless `allowPostcopy` is false); see convergence.ts.
+ */
+export type MemoryStrategy = 'auto' | 'precopy' | 'hybrid' | 'postcopy';
 
 export interface MigrationOptions {
   strategy: MemoryStrategy;
@@ -25,6 +29,8 @@ export interface MigrationOptions {
    * before). Default true; see docs/migration.md for why it stays on with dedup.
    */
   xbzrle?: boolean;
+  /** auto: whether post-copy may finish a move that pre-copy cannot. Default true. */
+  allowPostcopy?: boolean;
 }
 
 /** QMP query-migrate as QEMU 7.2 answers it (fields omitted by state). */
@@ -140,6 +146,13 @@ export interface MigrationResult {
     postcopyAtPass: number | undefined;
     /** Why the convergence watch acted, if it did. */
     decisions: string[];
+    /** Why the memory moved the way it did, in one line (the CLI and the app show it). */
+    reason: string;
+    /**
+     * Post-copy's risk window: how long the guest ran at the destination while some of its pages
+     * were still only at the source (a source lost then loses the VM). Undefined without post-copy.
+     */
+    postcopyMs: number | undefined;
   };
   disk: {
     mode: DiskSyncMode;
