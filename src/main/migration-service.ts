@@ -7,7 +7,7 @@ import { mkdir, open, rm } from 'node:fs/promises';
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import type { PeerLink } from '../migrator/link/index.ts';
-import { bridgeListener, type BridgeListener } from '../migrator/link/index.ts';
+import { bridgeListener, PeerDisconnectedError, type BridgeListener } from '../migrator/link/index.ts';
 import { displayTarget } from './display-service.ts';
 import { LayerStore } from '../migrator/layers/store.ts';
 import { ImageStore } from '../migrator/layers/images.ts';
@@ -42,6 +42,12 @@ const STREAM_MIGRATION = 'migration';
 const STREAM_NBD = 'nbd';
 /** The memory stream through the dedup transport (with a return path for post-copy: see docs/migration.md). */
 const STREAM_MIGRATION_DEDUP = 'migration-dd';
+/** How long a move whose link dropped waits for the peer to be back (post-copy recovery waits 120 s in all). */
+const RELINK_WAIT_MS = 60_000;
+/** How long the edge waits for the core's answer on a move back whose link dropped. */
+const AWAIT_CORE_MOVE_MS = 5 * 60_000;
+/** How long the core keeps the record of a move back to the edge for `vm.await-migration`. */
+const OUTGOING_RECORD_TTL_MS = 10 * 60_000;
 /** Switchover waits for the device state and a guest resume: generous, the stream may be slow. */
 const SWITCHOVER_TIMEOUT_MS = 10 * 60_000;
 
@@ -61,7 +67,9 @@ type DedupReport = NonNullable<MigrationRecord['dedup']>;
 
 /** A DestinationSite on the other end of the link. */
 class RemoteDestination implements DestinationSite {
-  private readonly link: PeerLink;
+  /** The link the move started on; replaced by `relink()`'s when it dropped (after switchover the move goes on). */
+  private link: PeerLink;
+  private readonly relink: () => Promise<PeerLink>;
   private readonly runDir: string;
   /** Set when the memory stream should go through the dedup transport. */
   private readonly chunkStores: ChunkStores | undefined;
@@ -77,8 +85,9 @@ class RemoteDestination implements DestinationSite {
   /** Bytes of plain bridges already closed (their counters are kept after close). */
   private closedBytes = { disk: 0, memory: 0 };
 
-  constructor(link: PeerLink, runDir: string, dedup: { choice: DedupChoice; stores: ChunkStores; chunkStoreMiB?: number | undefined }) {
+  constructor(link: PeerLink, relink: () => Promise<PeerLink>, runDir: string, dedup: { choice: DedupChoice; stores: ChunkStores; chunkStoreMiB?: number | undefined }) {
     this.link = link;
+    this.relink = relink;
     this.runDir = runDir;
     this.dedupChoice = dedup.choice;
     this.chunkStores = dedup.choice.use ? dedup.stores : undefined;
@@ -133,21 +142,29 @@ class RemoteDestination implements DestinationSite {
     return this.link.request('migration.switchover', request, { timeoutMs: SWITCHOVER_TIMEOUT_MS });
   }
 
-  /** Post-copy broke after switchover: the destination listens again; bridge its new socket here. */
+  /** The link to the destination now: the same one, or the peer's new one after a drop. */
+  private async live(): Promise<PeerLink> {
+    if (this.link.closed) this.link = await this.relink();
+    return this.link;
+  }
+
+  /** Post-copy broke after switchover (a dropped link, too): the destination listens again; bridge its new socket here. */
   async recoverPostcopy(request: { migrationId: string }): Promise<{ migrationSocket: string }> {
-    const reply = await this.link.request<{ migrationTarget: string }>('migration.recover-postcopy', request, { timeoutMs: 60_000 });
-    const bridge = await bridgeListener(this.link, join(this.runDir, `${request.migrationId.slice(0, 8)}-r${Date.now() % 100000}.sock`), reply.migrationTarget, { once: true });
+    const link = await this.live();
+    const reply = await link.request<{ migrationTarget: string }>('migration.recover-postcopy', request, { timeoutMs: 60_000 });
+    const bridge = await bridgeListener(link, join(this.runDir, `${request.migrationId.slice(0, 8)}-r${Date.now() % 100000}.sock`), reply.migrationTarget, { once: true });
     this.extraBridges.push(bridge);
     return { migrationSocket: bridge.path };
   }
 
   async commit(request: { migrationId: string }): Promise<void> {
-    await this.link.request('migration.commit', request, { timeoutMs: 120_000 });
+    await (await this.live()).request('migration.commit', request, { timeoutMs: 120_000 });
     await this.closeBridges();
   }
 
   async abort(request: { migrationId: string; reason: string }): Promise<void> {
     try {
+      // On the move's own link: a destination that lost it has torn its side down already.
       await this.link.request('migration.abort', request, { timeoutMs: 60_000 });
     } finally {
       await this.closeBridges();
@@ -272,6 +289,10 @@ export class MigrationService {
   /** The latest measurements for the `auto` dedup choice: per link, and of this machine's dedup sender. */
   private readonly linkThroughput = new WeakMap<PeerLink, { at: number; bitsPerSecond: number | undefined }>();
   private senderThroughput: { at: number; bitsPerSecond: number | undefined } | undefined;
+  /** The newest link from each peer, by certificate fingerprint: a move whose link dropped goes on over it. */
+  private readonly peerLinks = new Map<string, PeerLink>();
+  /** The core's moves back to the edge, by migration id, kept a while after they end (`vm.await-migration`). */
+  private readonly outgoing = new Map<string, { vm: string; record: Promise<MigrationRecord> }>();
 
   constructor(deps: MigrationServiceDeps) {
     this.deps = deps;
@@ -324,6 +345,7 @@ export class MigrationService {
       link.handle(method, peerMethods[method], (params) => handler(params as PeerParams<M>));
     };
     exposeLinkProbe(link);
+    this.peerLinks.set(link.peer.fingerprint, link);
     const uploads = new Map<string, { file: string; size: number }>();
     handle('migration.plan', async (p) => (await this.open()).destination.plan(p));
     handle('migration.image-chunk', async (p) => {
@@ -385,7 +407,23 @@ export class MigrationService {
     handle('vm.cancel-migration', async (p) => this.cancelHere(p.vm, p.migrationId));
     handle('vm.migrate-out', async (p) => {
       const { dedup, chunkStoreMiB, ...options } = p.options;
-      return this.migrateOut(p.vm, link, options, (progress) => link.emit(PEER_EVENT_PROGRESS, progress), dedup ?? 'auto', chunkStoreMiB);
+      const peer = link.peer.fingerprint;
+      // Progress goes to the peer's newest link: the move outlives a dropped one.
+      const emit = (progress: MigrationProgress): void => void (this.peerLinks.get(peer) ?? link).emit(PEER_EVENT_PROGRESS, progress);
+      let migrationId: string | undefined;
+      const record = this.migrateOut(p.vm, link, options, emit, dedup ?? 'auto', chunkStoreMiB, (id) => {
+        migrationId = id;
+        this.outgoing.set(id, { vm: p.vm, record });
+      });
+      void record.finally(() => {
+        if (migrationId !== undefined) setTimeout(() => this.outgoing.delete(migrationId ?? ''), OUTGOING_RECORD_TTL_MS).unref();
+      }).catch(() => undefined);
+      return record;
+    });
+    handle('vm.await-migration', async (p) => {
+      const move = this.outgoing.get(p.migrationId);
+      if (move === undefined || move.vm !== p.vm) throw new LocalApiError('not-found', `no move ${p.migrationId} of "${p.vm}" is known here (it ended over ${OUTGOING_RECORD_TTL_MS / 60_000} min ago, or this agent restarted)`);
+      return move.record;
     });
     // A link that drops before the guest resumed here leaves the VM at the source: tear down what
     // we prepared. After the resume the guest is ours, whatever the source heard.
@@ -424,7 +462,7 @@ export class MigrationService {
         continue;
       }
       // Recovery moves no memory stream of its own (a post-copy resumes over a plain bridge).
-      const destination = new RemoteDestination(link, this.runDir, { choice: chooseDedup({ mode: 'off' }), stores: this.chunkStores });
+      const destination = new RemoteDestination(link, this.relinkTo(link), this.runDir, { choice: chooseDedup({ mode: 'off' }), stores: this.chunkStores });
       let vm: VmHandle | undefined;
       try {
         vm = await VmHandle.adopt(name, this.deps.library.paths(name)).catch(() => undefined);
@@ -537,9 +575,19 @@ export class MigrationService {
     } else {
       if (this.inFlight.has(command.vm)) throw new LocalApiError('busy', `VM "${command.vm}" is already moving`);
       this.inFlight.add(command.vm);
-      this.onProgress = publish;
+      let migrationId: string | undefined;
+      this.onProgress = (p) => {
+        migrationId = p.migrationId;
+        publish(p);
+      };
       try {
         record = await link.request<MigrationRecord>('vm.migrate-out', { vm: command.vm, to: 'edge', options: { ...options, dedup, ...this.chunkStoreOption() } }, { timeoutMs: 0 });
+      } catch (error) {
+        // The link dropped under the move: the core carries on (it rolls back, or a post-copy recovers
+        // on the new link). Ask it how the move ended once it is back.
+        if (!(error instanceof PeerDisconnectedError) || migrationId === undefined) throw error;
+        this.deps.log(`link to the core dropped while it moved "${command.vm}" here; waiting for the outcome of ${migrationId}`);
+        record = await this.awaitCoreMove(command.vm, migrationId);
       } finally {
         this.onProgress = undefined;
         this.inFlight.delete(command.vm);
@@ -551,6 +599,27 @@ export class MigrationService {
     this.deps.history.addMigration(record);
     await this.refreshVms();
     return record;
+  }
+
+  /** The record of the core's move back, asked again over each new link until it answers. */
+  private async awaitCoreMove(vm: string, migrationId: string): Promise<MigrationRecord> {
+    const deadline = Date.now() + AWAIT_CORE_MOVE_MS;
+    for (;;) {
+      try {
+        const link = await this.coreLinkOrThrow();
+        return await link.request<MigrationRecord>('vm.await-migration', { vm, migrationId }, { timeoutMs: 0 });
+      } catch (error) {
+        if (!(error instanceof PeerDisconnectedError || error instanceof LocalApiError) || Date.now() > deadline) {
+          throw new LocalApiError('peer-lost', `the link to the core dropped while it moved "${vm}" here, and the core could not be asked how the move ended (${(error as Error).message}); \`snowbird status\` shows where the VM runs once the core is back`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+    }
+  }
+
+  private coreLinkOrThrow(): Promise<PeerLink> {
+    if (!this.coreLink) throw new LocalApiError('wrong-role', 'migrations are started from the edge agent');
+    return this.coreLink();
   }
 
   /** The local API's `cancel`: the orchestrator runs where the VM runs, so a move back is cancelled at the core. */
@@ -607,7 +676,22 @@ export class MigrationService {
     return setting === undefined ? {} : { chunkStoreMiB: setting };
   }
 
-  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void, dedup: DedupMode, chunkStoreFromPeer: number | undefined): Promise<MigrationRecord> {
+  /** The peer's link now: the same one, or the one it reconnected on (the edge dials; the core waits for it). */
+  private relinkTo(link: PeerLink): () => Promise<PeerLink> {
+    const peer = link.peer.fingerprint;
+    return async () => {
+      if (this.deps.role === 'edge' && this.coreLink) return this.coreLink();
+      const deadline = Date.now() + RELINK_WAIT_MS;
+      for (;;) {
+        const now = this.peerLinks.get(peer);
+        if (now !== undefined && !now.closed) return now;
+        if (Date.now() > deadline) throw new PeerDisconnectedError(`${link.peer.name} did not reconnect within ${RELINK_WAIT_MS / 1000} s`);
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    };
+  }
+
+  private async migrateOut(name: string, link: PeerLink, options: MigrationOptions, progress: (p: MigrationProgress) => void, dedup: DedupMode, chunkStoreFromPeer: number | undefined, started?: (migrationId: string) => void): Promise<MigrationRecord> {
     if (this.inFlight.has(name)) throw new LocalApiError('busy', `VM "${name}" is already moving`);
     // Marked busy before the first await: a recovery or a second move cannot slip in between.
     this.inFlight.add(name);
@@ -617,6 +701,7 @@ export class MigrationService {
       throw new LocalApiError('not-running', `VM "${name}" is not running at the ${this.deps.role}`);
     }
     const migrationId = randomUUID();
+    started?.(migrationId);
     const cancel = new AbortController();
     this.cancels.set(name, { migrationId, controller: cancel });
     const from = this.deps.role;
@@ -624,7 +709,7 @@ export class MigrationService {
     const startedAt = new Date().toISOString();
     const choice = await this.chooseDedup(link, dedup, options.maxBandwidth);
     this.deps.log(`migration of ${name} ${from}→${to}: dedup ${choice.reason}`);
-    const destination = new RemoteDestination(link, this.runDir, { choice, stores: this.chunkStores, chunkStoreMiB: this.chunkStoreSetting(chunkStoreFromPeer) });
+    const destination = new RemoteDestination(link, this.relinkTo(link), this.runDir, { choice, stores: this.chunkStores, chunkStoreMiB: this.chunkStoreSetting(chunkStoreFromPeer) });
     let vm: VmHandle | undefined;
     try {
       const { layers } = await this.open();

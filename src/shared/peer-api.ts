@@ -53,6 +53,11 @@ export const peerMethods = {
   'migration.abort': z.object({ migrationId: layerId, reason: z.string().max(4000) }),
   /** Edge → core: send the VM back to the edge. */
   'vm.migrate-out': z.object({ vm: safeId, to: z.enum(SITE_ROLES), options: migrationOptionsSchema }),
+  /**
+   * Edge → core: the record of the core's move `migrationId` of this VM, once it ends. The edge asks
+   * when the link dropped under a move back (the core carries on: a post-copy recovers on the new link).
+   */
+  'vm.await-migration': z.object({ vm: safeId, migrationId: layerId }),
   /** Edge → core: abandon the core's outgoing migration of this VM (see the local API's cancel). */
   'vm.cancel-migration': z.object({ vm: safeId, migrationId: z.string().max(64).optional() }),
   /** Either way: the VMs this site runs. */

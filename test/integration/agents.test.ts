@@ -3,80 +3,19 @@
 // outside (a killed destination QEMU, a killed agent) leave the VM running at exactly one site.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { access, readFile } from 'node:fs/promises';
-import { createInterface } from 'node:readline';
 import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT, GuestHealth, runCli } from '../support/fixtures.ts';
-import { isAlive, readPidFile } from '../../src/migrator/qemu/process-info.ts';
-import { sourceJournalPath } from '../../src/migrator/orchestrator/journal.ts';
+import { GuestHealth, runCli } from '../support/fixtures.ts';
+import { ensureAtEdge, migrate, migrateAndInject, qemuAlive } from '../support/moves.ts';
+import { readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { removeCpuLimit } from '../../src/migrator/qemu/cpu-limit.ts';
-import type { VmLibrary } from '../../src/main/vm-library.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
 
 const VM = 'trip';
 const MiB = 1024 * 1024;
 
 const health = new GuestHealth(VM);
-
-async function qemuAlive(library: VmLibrary): Promise<boolean> {
-  const pid = await readPidFile(library.paths(VM).pidFile);
-  return pid !== undefined && (await isAlive(pid));
-}
-
-/** What a failure message needs when the VM is not where it should be: both agents' and QEMUs' last words. */
-async function diagnostics(pair: AgentPair): Promise<string> {
-  const tail = async (file: string, lines = 15): Promise<string> => (await readFile(file, 'utf8').catch(() => '(none)')).trimEnd().split('\n').slice(-lines).join('\n');
-  const parts: string[] = [];
-  for (const [site, library, agent] of [['edge', pair.edgeLibrary, pair.edge], ['core', pair.coreLibrary, pair.core]] as const) {
-    const paths = library.paths(VM);
-    const pid = await readPidFile(paths.pidFile);
-    const qemu = pid === undefined ? 'no pid file' : `pid ${pid} ${(await isAlive(pid)) ? 'alive' : 'dead'}`;
-    const journal = await readFile(sourceJournalPath(paths.dir), 'utf8').catch(() => 'none');
-    parts.push(
-      `--- ${site}: QEMU ${qemu}; source journal: ${journal}; agent log:\n${agent.log.slice(-25).join('\n')}`,
-      `--- ${site} qemu.log:\n${await tail(paths.qemuLog)}`,
-      `--- ${site} serial console:\n${await tail(paths.serialLog)}`,
-    );
-  }
-  return parts.join('\n');
-}
-
-async function migrate(pair: AgentPair, to: 'core' | 'edge', extra: string[] = []): Promise<MigrationRecord> {
-  const r = await runCli(['--data', pair.edgeLibrary.dataDir, 'migrate', VM, '--to', to, '--json', ...extra]);
-  if (r.code !== 0 && r.code !== 2) assert.fail(`migrate --to ${to} exited ${r.code}: ${r.stderr}\n${await diagnostics(pair)}`);
-  return JSON.parse(r.stdout) as MigrationRecord;
-}
-
-/** Later tests start from the VM at the edge, whatever an earlier test left. */
-async function ensureAtEdge(pair: AgentPair): Promise<void> {
-  if (await qemuAlive(pair.edgeLibrary)) return;
-  const record = await migrate(pair, 'edge');
-  if (record.outcome !== 'committed') assert.fail(`bringing the VM back to the edge: ${record.error}\n${await diagnostics(pair)}`);
-}
-
-/**
- * Runs `snowbird migrate` and calls `inject` once the CLI reports the given phase. The CLI is killed
- * if the test is cancelled (a hang fails the test instead of stalling the suite).
- */
-async function migrateAndInject(pair: AgentPair, signal: AbortSignal, to: 'core' | 'edge', phase: string, inject: () => Promise<void>, extra: string[] = [], started?: (child: ChildProcess) => void): Promise<{ code: number | null; record: MigrationRecord | undefined; stderr: string }> {
-  const child = spawn(join(REPO_ROOT, 'node_modules', '.bin', 'node'), [join(REPO_ROOT, 'src', 'main', 'cli.ts'), '--data', pair.edgeLibrary.dataDir, 'migrate', VM, '--to', to, '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'], signal });
-  child.on('error', () => undefined);
-  started?.(child);
-  let stdout = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  let injected: Promise<void> | undefined;
-  const stderr: string[] = [];
-  createInterface({ input: child.stderr }).on('line', (line) => {
-    stderr.push(line);
-    if (!injected && line.includes(` ${phase} `)) injected = inject();
-  });
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  if (!injected) assert.fail(`the migration never reached phase ${phase} (exit ${code}): ${stderr.join('\n')}\n${stdout}\n${await diagnostics(pair)}`);
-  await injected;
-  return { code, record: stdout.trim() === '' ? undefined : (JSON.parse(stdout) as MigrationRecord), stderr: stderr.join('\n') };
-}
 
 describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   let pair: AgentPair;
@@ -106,12 +45,12 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     const diskBytes: { to: string; nbd: number }[] = [];
     for (let trip = 1; trip <= 10; trip++) {
       for (const to of ['core', 'edge'] as const) {
-        const record = await migrate(pair, to);
+        const record = await migrate(pair, VM, to);
         assert.equal(record.outcome, 'committed', `trip ${trip} → ${to}: ${record.error}`);
         diskBytes.push({ to, nbd: record.streamBytes['nbd'] ?? 0 });
         const here = to === 'core' ? pair.coreLibrary : pair.edgeLibrary;
         const there = to === 'core' ? pair.edgeLibrary : pair.coreLibrary;
-        assert.equal(await qemuAlive(there), false, `trip ${trip}: QEMU still runs at the source`);
+        assert.equal(await qemuAlive(there, VM), false, `trip ${trip}: QEMU still runs at the source`);
         await health.assertAt(here);
       }
     }
@@ -125,17 +64,17 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   });
 
   test('Ctrl-C during the memory phase cancels the move: it rolls back and the VM keeps running at the edge', { timeout: 240_000 }, async (t) => {
-    await ensureAtEdge(pair);
+    await ensureAtEdge(pair, VM);
     let cli: ChildProcess | undefined;
-    const { code, record, stderr } = await migrateAndInject(pair, t.signal, 'core', 'memory', async () => {
+    const { code, record, stderr } = await migrateAndInject(pair, VM, t.signal, 'core', 'memory', async () => {
       cli?.kill('SIGINT');
     }, ['--bandwidth', '40'], (child) => (cli = child));
     assert.equal(code, 2, stderr);
     assert.match(stderr, /cancelling/);
     assert.equal(record?.outcome, 'aborted', stderr);
     assert.match(record?.error ?? '', /cancelled by the user/);
-    assert.equal(await qemuAlive(pair.edgeLibrary), true);
-    assert.equal(await qemuAlive(pair.coreLibrary), false);
+    assert.equal(await qemuAlive(pair.edgeLibrary, VM), true);
+    assert.equal(await qemuAlive(pair.coreLibrary, VM), false);
     await health.assertAt(pair.edgeLibrary);
     const cancelIdle = await runCli(['--data', pair.edgeLibrary.dataDir, 'cancel', VM]);
     assert.equal(cancelIdle.code, 1);
@@ -143,8 +82,8 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   });
 
   test('a destination QEMU killed during the memory phase: the VM keeps running at the edge', { timeout: 240_000 }, async (t) => {
-    await ensureAtEdge(pair);
-    const { code, record, stderr } = await migrateAndInject(pair, t.signal, 'core', 'memory', async () => {
+    await ensureAtEdge(pair, VM);
+    const { code, record, stderr } = await migrateAndInject(pair, VM, t.signal, 'core', 'memory', async () => {
       const pid = await readPidFile(pair.coreLibrary.paths(VM).pidFile);
       if (pid !== undefined) process.kill(pid, 'SIGKILL');
     }, ['--bandwidth', '40']);
@@ -153,42 +92,42 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.equal(record.outcome, 'aborted');
     assert.equal(record.failedPhase, 'memory');
     assert.match(record.error ?? '', /memory/);
-    assert.equal(await qemuAlive(pair.edgeLibrary), true);
-    assert.equal(await qemuAlive(pair.coreLibrary), false);
+    assert.equal(await qemuAlive(pair.edgeLibrary, VM), true);
+    assert.equal(await qemuAlive(pair.coreLibrary, VM), false);
     await health.assertAt(pair.edgeLibrary);
   });
 
   test('the core agent killed mid-migration: the VM stays at the edge; after its restart it runs at exactly one site', { timeout: 300_000 }, async (t) => {
-    await ensureAtEdge(pair);
-    const { code, record, stderr } = await migrateAndInject(pair, t.signal, 'core', 'memory', () => pair.killAgent(pair.core), ['--bandwidth', '40']);
+    await ensureAtEdge(pair, VM);
+    const { code, record, stderr } = await migrateAndInject(pair, VM, t.signal, 'core', 'memory', () => pair.killAgent(pair.core), ['--bandwidth', '40']);
     assert.equal(code, 2, stderr);
     assert.equal(record?.outcome, 'aborted', stderr);
-    assert.equal(await qemuAlive(pair.edgeLibrary), true);
+    assert.equal(await qemuAlive(pair.edgeLibrary, VM), true);
     await health.assertAt(pair.edgeLibrary);
     await pair.startCore();
     await pair.waitConnected();
     // The restarted core cleaned up the incoming QEMU its predecessor left behind.
-    assert.equal(await qemuAlive(pair.coreLibrary), false);
+    assert.equal(await qemuAlive(pair.coreLibrary, VM), false);
     const status = await runCli(['--data', pair.edgeLibrary.dataDir, 'status', '--json']);
     const vms = (JSON.parse(status.stdout) as { vms: { name: string; location: string }[] }).vms;
     assert.deepEqual(vms.filter((v) => v.name === VM).map((v) => v.location), ['edge']);
     // And the link works again: a move after the restart succeeds.
-    assert.equal((await migrate(pair, 'core')).outcome, 'committed');
+    assert.equal((await migrate(pair, VM, 'core')).outcome, 'committed');
     await health.assertAt(pair.coreLibrary);
-    assert.equal((await migrate(pair, 'edge')).outcome, 'committed');
+    assert.equal((await migrate(pair, VM, 'edge')).outcome, 'committed');
     await health.assertAt(pair.edgeLibrary);
   });
 
   test('the edge agent killed mid-migration: after its restart the VM runs at exactly one site', { timeout: 300_000 }, async (t) => {
-    await ensureAtEdge(pair);
-    await migrateAndInject(pair, t.signal, 'core', 'memory', () => pair.killAgent(pair.edge), ['--bandwidth', '40']);
+    await ensureAtEdge(pair, VM);
+    await migrateAndInject(pair, VM, t.signal, 'core', 'memory', () => pair.killAgent(pair.edge), ['--bandwidth', '40']);
     await pair.startEdge();
     await pair.waitConnected();
     // The restarted edge finishes or rolls back from its journal once the core is reachable.
     const deadline = Date.now() + 120_000;
     let where: boolean[] = [];
     while (Date.now() < deadline) {
-      where = [await qemuAlive(pair.edgeLibrary), await qemuAlive(pair.coreLibrary)];
+      where = [await qemuAlive(pair.edgeLibrary, VM), await qemuAlive(pair.coreLibrary, VM)];
       if (where.filter(Boolean).length === 1) break;
       await new Promise((r) => setTimeout(r, 500));
     }
@@ -201,11 +140,11 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
       t.skip('needs root and a cgroup v1 cpu controller (as on the CI machines)');
       return;
     }
-    await ensureAtEdge(pair);
+    await ensureAtEdge(pair, VM);
     // Four cores' worth: a limit that holds without slowing this guest down.
     await pair.edgeLibrary.save({ ...(await pair.edgeLibrary.load(VM)), cpuLimitPercent: 400 });
-    assert.equal((await migrate(pair, 'core')).outcome, 'committed');
-    assert.equal((await migrate(pair, 'edge')).outcome, 'committed');
+    assert.equal((await migrate(pair, VM, 'core')).outcome, 'committed');
+    assert.equal((await migrate(pair, VM, 'edge')).outcome, 'committed');
     assert.equal((await pair.edgeLibrary.load(VM)).cpuLimitPercent, 400);
     const pid = await readPidFile(pair.edgeLibrary.paths(VM).pidFile);
     const procs = (await readFile(`/sys/fs/cgroup/cpu/snowbird-${VM}/cgroup.procs`, 'utf8')).split('\n');

@@ -15,6 +15,7 @@ import { isAckFor, type GuestCommand } from '../../src/shared/guest-protocol.ts'
 import { VmLibrary } from '../../src/main/vm-library.ts';
 import { LocalApiClient } from '../../src/main/local-api/client.ts';
 import { localApiSocket } from '../../src/main/local-api/paths.ts';
+import { TcpRelay } from './relay.ts';
 
 export interface AgentProcess {
   role: 'edge' | 'core';
@@ -76,6 +77,8 @@ export class AgentPair {
   coreFingerprint = '';
 
   readonly #autoPlacement: boolean;
+  /** Between the edge and the core when started with `relay`: `relay.cut()` drops the link. */
+  relay: TcpRelay | undefined;
 
   private constructor(root: string, autoPlacement: boolean) {
     this.root = root;
@@ -100,14 +103,15 @@ export class AgentPair {
    * only decides (no automatic moves) unless `autoPlacement`: tests of manual moves need the VM where
    * they put it.
    */
-  static async start(options: { pair?: boolean; autoPlacement?: boolean } = {}): Promise<AgentPair> {
+  static async start(options: { pair?: boolean; autoPlacement?: boolean; relay?: boolean } = {}): Promise<AgentPair> {
     const pair = new AgentPair(await mkdtemp(join(tmpdir(), 'sb-ag-')), options.autoPlacement ?? false);
     hookProcessExit();
     live.add(pair);
     await pair.startCore();
     await pair.startEdge();
+    if (options.relay) pair.relay = await TcpRelay.start(pair.coreAddress);
     if (options.pair ?? true) {
-      const r = await runCli(['--data', join(pair.root, 'edge'), 'pair', `https://${pair.coreAddress}`, '--token', pair.token, '--fingerprint', pair.coreFingerprint]);
+      const r = await runCli(['--data', join(pair.root, 'edge'), 'pair', `https://${pair.relay?.address ?? pair.coreAddress}`, '--token', pair.token, '--fingerprint', pair.coreFingerprint]);
       if (r.code !== 0) throw new Error(`pairing failed: ${r.stderr}`);
       await pair.waitConnected();
     }
@@ -152,13 +156,16 @@ export class AgentPair {
     }, timeoutMs);
   }
 
-  /** Creates and boots the demo VM at the edge, optionally with a working set written to its disk first. */
-  async createVmAtEdge(name: string, options: { workingSetMiB?: number } = {}): Promise<void> {
+  /**
+   * Creates and boots the demo VM at the edge (192 MiB, its checker rewriting 32 MiB unless told),
+   * optionally with a working set written to its disk first.
+   */
+  async createVmAtEdge(name: string, options: { workingSetMiB?: number; memoryMiB?: number; memWorkloadMiB?: number } = {}): Promise<void> {
     const guest = await demoGuest();
     const library = this.edgeLibrary;
     const spec = await library.create({
-      name, memoryMiB: 192, vcpus: 1, diskSize: '128M', accel: 'tcg', kernel: guest.kernel, initrd: guest.initrd,
-      memWorkloadMiB: 32, diskWorkloadBlocks: 1024,
+      name, memoryMiB: options.memoryMiB ?? 192, vcpus: 1, diskSize: '128M', accel: 'tcg', kernel: guest.kernel, initrd: guest.initrd,
+      memWorkloadMiB: options.memWorkloadMiB ?? 32, diskWorkloadBlocks: 1024,
     });
     if (options.workingSetMiB) {
       const { execFile } = await import('node:child_process');
@@ -243,6 +250,7 @@ export class AgentPair {
       }
     }
     this.#killQemus();
+    await this.relay?.close();
     await rm(this.root, { recursive: true, force: true });
   }
 }

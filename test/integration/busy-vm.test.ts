@@ -1,0 +1,98 @@
+// A busy VM goes to the cloud with the default strategy (auto) and comes back (hybrid), on an
+// otherwise idle machine: the demo guest's default 64 MiB memory workload, and one rewriting 256 MiB.
+// Then a link cut while post-copy runs, each way: the move pauses and recovers when the link is back.
+// The agents talk through a TCP relay on loopback, which is what the test cuts.
+import { after, before, describe, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { AgentPair } from '../support/agents.ts';
+import { GuestHealth, runCli } from '../support/fixtures.ts';
+import { diagnostics, ensureAtEdge, migrate, migrateAndInject, qemuAlive } from '../support/moves.ts';
+import type { MigrationRecord } from '../../src/shared/migration.ts';
+
+/** How long the relay refuses connections after a cut: the link is down for a while, not a blip. */
+const LINK_DOWN_MS = 3000;
+
+describe('busy VMs move with the default strategy, between two agents', { timeout: 40 * 60_000 }, () => {
+  let pair: AgentPair;
+
+  before(async () => {
+    pair = await AgentPair.start({ relay: true });
+  });
+  after(async () => {
+    await pair?.dispose();
+  });
+
+  /** Three round trips with no --strategy: each move commits, the guest's checks hold after each. */
+  async function roundTrips(vm: string, health: GuestHealth): Promise<MigrationRecord[]> {
+    const records: MigrationRecord[] = [];
+    for (let trip = 1; trip <= 3; trip++) {
+      for (const to of ['core', 'edge'] as const) {
+        const record = await migrate(pair, vm, to);
+        assert.equal(record.outcome, 'committed', `trip ${trip} → ${to}: ${record.error}\n${await diagnostics(pair, vm)}`);
+        assert.equal(record.strategy, to === 'core' ? 'auto' : 'hybrid');
+        assert.ok(record.memory?.reason, `trip ${trip} → ${to}: no reason for the strategy`);
+        const here = to === 'core' ? pair.coreLibrary : pair.edgeLibrary;
+        const there = to === 'core' ? pair.edgeLibrary : pair.coreLibrary;
+        assert.equal(await qemuAlive(there, vm), false, `trip ${trip}: QEMU still runs at the source`);
+        await health.assertAt(here);
+        records.push(record);
+        console.log(`${vm} trip ${trip} → ${to}: ${record.totalMs} ms, downtime ${record.downtimeMs} ms, ${record.memory?.reason}${record.memory?.postcopyMs === undefined ? '' : `, post-copy ${record.memory.postcopyMs} ms`}`);
+      }
+    }
+    return records;
+  }
+
+  test('the default 64 MiB memory workload: three round trips', async () => {
+    const vm = 'busy64';
+    const health = new GuestHealth(vm);
+    await pair.createVmAtEdge(vm, { memoryMiB: 192, memWorkloadMiB: 64 });
+    await pair.waitGuestReady(vm);
+    await health.assertAt(pair.edgeLibrary);
+    const records = await roundTrips(vm, health);
+    // Whatever auto chose, the record says why in the guest's and the stream's figures.
+    for (const r of records.filter((r) => r.to === 'core')) assert.match(r.memory?.reason ?? '', /^auto: .*the guest dirties [\d.]+ MiB\/s, the stream carries [\d.]+ MiB\/s/);
+    const stop = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'stop', vm]);
+    assert.equal(stop.code, 0, stop.stderr);
+  });
+
+  describe('a guest rewriting 256 MiB', () => {
+    const vm = 'busy256';
+    const health = new GuestHealth(vm);
+
+    before(async () => {
+      await pair.createVmAtEdge(vm, { memoryMiB: 384, memWorkloadMiB: 256 });
+      await pair.waitGuestReady(vm);
+      await health.assertAt(pair.edgeLibrary);
+    });
+
+    test('three round trips; pre-copy cannot converge, so auto finishes in post-copy and says why', async () => {
+      const records = await roundTrips(vm, health);
+      for (const r of records.filter((r) => r.to === 'core')) {
+        assert.equal(r.memory?.used, 'postcopy', r.memory?.reason);
+        assert.match(r.memory?.reason ?? '', /^auto: pre-copy cannot converge \(the guest dirties [\d.]+ MiB\/s, the stream carries [\d.]+ MiB\/s.*\): post-copy for ~[\d.]+ s$/);
+        assert.ok(r.memory?.postcopyMs !== undefined, 'the risk window is measured');
+      }
+    });
+
+    for (const to of ['core', 'edge'] as const) {
+      test(`a link cut during post-copy towards the ${to} pauses the move, which recovers when the link is back`, async (t: TestContext) => {
+        if (to === 'core') await ensureAtEdge(pair, vm);
+        else if (!(await qemuAlive(pair.coreLibrary, vm))) assert.equal((await migrate(pair, vm, 'core')).outcome, 'committed');
+        // A cap keeps post-copy running for a few seconds: the cut lands inside it.
+        const { code, record, stderr } = await migrateAndInject(pair, vm, t.signal, to, 'commit', async () => {
+          await new Promise((resolve) => setTimeout(resolve, 300));
+          pair.relay?.cut(LINK_DOWN_MS);
+        }, ['--bandwidth', '100']);
+        assert.equal(code, 0, `${stderr}\n${await diagnostics(pair, vm)}`);
+        assert.equal(record?.outcome, 'committed', record?.error);
+        assert.equal(record?.memory?.used, 'postcopy');
+        const decisions = ((record?.qemu?.['snowbird'] as { decisions?: string[] } | undefined)?.decisions ?? []).join('\n');
+        assert.match(decisions, /post-copy stream broke after switchover; resumed/, `the cut did not land in post-copy: ${decisions}`);
+        const [here, there] = to === 'core' ? [pair.coreLibrary, pair.edgeLibrary] : [pair.edgeLibrary, pair.coreLibrary];
+        assert.equal(await qemuAlive(there, vm), false, 'QEMU still runs at the source');
+        await health.assertAt(here);
+        await pair.waitConnected();
+      });
+    }
+  });
+});
