@@ -11,7 +11,7 @@ import { LocalApiClient } from '../../src/main/local-api/client.ts';
 import { localApiSocket } from '../../src/main/local-api/paths.ts';
 import { VmLibrary } from '../../src/main/vm-library.ts';
 import type { LocalCommand, LocalReplies } from '../../src/shared/local-api.ts';
-import type { MigrationRecord } from '../../src/shared/migration.ts';
+import type { MemoryStrategy, MigrationRecord } from '../../src/shared/migration.ts';
 import { killPid, killQemuByPidFile, type Cleanup } from './cleanup.ts';
 import type { Wan } from './wan.ts';
 
@@ -168,7 +168,7 @@ export class SnowbirdSites {
   }
 
   /** `snowbird migrate VM --to SITE --json [--strategy S]`, with the command's own start and end times. */
-  async migrate(name: string, to: 'core' | 'edge', strategy?: 'precopy' | 'hybrid' | 'postcopy'): Promise<{ record: MigrationRecord; cli: CliResult }> {
+  async migrate(name: string, to: 'core' | 'edge', strategy?: MemoryStrategy): Promise<{ record: MigrationRecord; cli: CliResult }> {
     const r = await runCli(['--data', this.edgeDir, 'migrate', name, '--to', to, '--json', ...(strategy ? ['--strategy', strategy] : [])]);
     if (r.code !== 0 && r.code !== 2) throw new Error(`snowbird migrate ${name} --to ${to} failed (exit ${r.code}): ${r.stderr.trim()}`);
     return { record: JSON.parse(r.stdout) as MigrationRecord, cli: r };

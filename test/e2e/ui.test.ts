@@ -111,7 +111,8 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
   before(async () => {
     await mkdir(RESULTS, { recursive: true });
     pair = await AgentPair.start();
-    await pair.createVmAtEdge(VM);
+    // Busy as `snowbird vm create` makes it: its checker rewrites 64 MiB, faster than pre-copy carries it on loopback here.
+    await pair.createVmAtEdge(VM, { memWorkloadMiB: 64 });
     await pair.waitGuestReady(VM);
     url = await uiUrl(pair);
     browser = await launchChromium();
@@ -244,8 +245,17 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
       assert.match(await row.getByTestId('downtime').innerText(), /^\d+(\.\d+)? (ms|s)$/);
       assert.match(await row.getByTestId('bytes').innerText(), /^\d+(\.\d)? (KiB|MiB|GiB)$/);
       assert.match(await row.innerText(), /user/);
-      // The buttons move with the default dedup choice; the strategy cell says on hover which way it went and why.
-      const dedup = (await row.getByTestId('strategy').getAttribute('title')) ?? '';
+      // The buttons move with the default strategy and dedup choice; the strategy cell says which way
+      // they went, and on hover why.
+      const cell = row.getByTestId('strategy');
+      const [why = '', dedup = ''] = ((await cell.getAttribute('title')) ?? '').split('\n');
+      if (i === 1) {
+        assert.match(await cell.innerText(), /^auto → (pre-copy|post-copy)/);
+        assert.match(why, /^auto: .*the guest dirties [\d.]+ MiB\/s, the stream carries [\d.]+ MiB\/s/);
+      } else {
+        assert.match(await cell.innerText(), /^hybrid/);
+        assert.match(why, /^hybrid: one pre-copy pass, then post-copy/);
+      }
       assert.match(dedup, /^dedup auto: (on|off), .*link .*dedup /);
       assert.equal(await row.getByTestId('dedup').count(), dedup.startsWith('dedup auto: on') ? 1 : 0);
     }

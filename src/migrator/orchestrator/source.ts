@@ -705,10 +705,11 @@ class SourceMigration {
   /** One line on how the memory moved, and why: what the CLI, the history and the app show. */
   #strategyReason(): string {
     const strategy = this.#strategy;
-    if (strategy !== 'auto') return `${strategy}, as asked`;
+    if (strategy !== 'auto') return STRATEGY_WORDS[strategy];
     if (this.#strategyAction !== undefined) return `auto: ${this.#strategyAction}`;
-    const last = this.#samples.findLast((s) => s.status === 'active');
-    const figures = last === undefined ? '' : `: the guest dirties ${fmtRate(rates(last).dirty)}, the stream carries ${fmtRate(rates(last).stream)}`;
+    const active = this.#samples.filter((s) => s.status === 'active');
+    const { dirty, stream } = rates(active);
+    const figures = active.length === 0 ? '' : `: the guest dirties ${fmtRate(dirty)}, the stream carries ${fmtRate(stream)}`;
     return `auto: pre-copy converged${figures}`;
   }
 
@@ -806,6 +807,12 @@ function describe(cause: unknown, signal: AbortSignal | undefined): string {
   if (cause instanceof Error) return cause.message;
   return String(cause);
 }
+
+const STRATEGY_WORDS = {
+  precopy: 'pre-copy: dirty-page rounds until the last ones fit the downtime limit',
+  hybrid: 'hybrid: one pre-copy pass, then post-copy (the guest runs at the destination sooner)',
+  postcopy: 'post-copy from the start: pages follow on demand',
+} as const;
 
 function fmtRate(bytesPerSecond: number): string {
   return `${(bytesPerSecond / (1024 * 1024)).toFixed(1)} MiB/s`;

@@ -143,9 +143,19 @@ export function convergenceDecision(samples: readonly MigrationSample[], config:
   return { kind: 'raise-downtime-limit', toMs, reason: `${reason}; throttling is unavailable under TCG` };
 }
 
-/** What the guest dirties and what the stream carries, in bytes/s, from QEMU's latest figures. */
-export function rates(sample: MigrationSample): { dirty: number; stream: number } {
-  return { dirty: sample.dirtyPagesRate * PAGE_BYTES, stream: sample.mbps * 125_000 };
+/**
+ * What the guest dirties and what the stream carries, in bytes/s: QEMU's dirty rate, and the bytes
+ * sent since the migration started, dirty syncs included (QEMU's own mbps is a moment's figure: 0
+ * during a sync, which takes seconds under TCG with the RAM pad), or its mbps when the samples span
+ * too little.
+ */
+export function rates(samples: readonly MigrationSample[]): { dirty: number; stream: number } {
+  const last = samples.at(-1);
+  const first = samples[0];
+  if (last === undefined || first === undefined) return { dirty: 0, stream: 0 };
+  const spanMs = last.atMs - first.atMs;
+  const stream = spanMs >= 500 ? ((last.transferred - first.transferred) * 1000) / spanMs : last.mbps * 125_000;
+  return { dirty: last.dirtyPagesRate * PAGE_BYTES, stream };
 }
 
 const PAGE_BYTES = 4096;
@@ -165,7 +175,7 @@ function autoDecision(samples: readonly MigrationSample[], config: ConvergenceCo
   if (expected !== undefined && expected <= state.downtimeLimitMs) return { kind: 'wait' };
   if (state.autoConverge && pass < (state.autoConvergeAtPass ?? 0) + config.stallPasses) return { kind: 'wait' };
 
-  const { dirty, stream } = rates(last);
+  const { dirty, stream } = rates(samples);
   const byPass = dirtySetByPass(samples);
   const now = byPass.get(pass);
   const before = byPass.get(pass - 1);
