@@ -24,6 +24,7 @@ import { peerMethods } from '../shared/peer-api.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
 import { UiServer } from './ui-server.ts';
 import { localApiSocket } from './local-api/paths.ts';
+import { lockDataDir } from './agent-lock.ts';
 
 export interface AgentOptions {
   role: SiteRole;
@@ -147,6 +148,8 @@ function defaultName(role: SiteRole): string {
 export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   const { role, dataDir, log } = options;
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  // Before anything touches the directory (history, sockets, QEMUs): a second agent here stops now.
+  const unlock = await lockDataDir(dataDir);
   const name = options.name ?? defaultName(role);
   const identity = await loadOrCreateIdentity(join(dataDir, 'identity'), name);
   const trust = await TrustStore.load(dataDir);
@@ -325,6 +328,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
       await migrations.close();
       await config?.close();
       history.close();
+      await unlock();
     },
   };
 }

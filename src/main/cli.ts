@@ -205,6 +205,13 @@ async function withAgent<T>(command: Command, use: (client: LocalApiClient) => P
   }
 }
 
+/** `--to`: the app says cloud and laptop, the agents core and edge; both are accepted. */
+function siteArg(value: string): SiteRole {
+  const site = ({ core: 'core', cloud: 'core', edge: 'edge', laptop: 'edge' } as const)[value];
+  if (site === undefined) throw new InvalidArgumentError(`"${value}" is not a site: use core (or cloud) or edge (or laptop)`);
+  return site;
+}
+
 function hostPort(value: string): string {
   if (!/^[^\s:]+:\d{1,5}$/.test(value) && !/^\[[0-9a-f:]+\]:\d{1,5}$/i.test(value)) throw new InvalidArgumentError('expected HOST:PORT, e.g. 0.0.0.0:7443');
   return value;
@@ -259,7 +266,7 @@ program
   .command('migrate')
   .description('move a running VM to the other site, live; prints progress and a summary (time, downtime, bytes)')
   .argument('<vm>', 'VM name')
-  .addOption(new Option('--to <site>', 'destination site').choices(['core', 'edge']).makeOptionMandatory())
+  .addOption(new Option('--to <site>', 'destination site: core (alias cloud) or edge (alias laptop)').choices(['core', 'edge', 'cloud', 'laptop']).argParser(siteArg).makeOptionMandatory())
   .addOption(new Option('--strategy <strategy>', 'memory strategy: auto (the default to the core: pre-copy while it converges, judged during the move from the guest\'s dirty rate and the stream\'s; else auto-converge under KVM; else post-copy, unless the settings\' migration.postcopyToCore is false), precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (one pre-copy pass, then post-copy; the default to the edge)').choices(MEMORY_STRATEGIES))
   .option('--bandwidth <Mbit/s>', 'cap the memory stream', bandwidth)
   .option('--downtime <ms>', 'longest acceptable pause at switchover', positiveInt)
@@ -514,7 +521,7 @@ settings
   .command('set')
   .description('change one setting: validated first (nothing is written if it is invalid), then written atomically; the running edge agent applies it at once. e.g. `snowbird config set migration.bandwidthCapMbit 40`; `null` removes a setting (back to its default)')
   .argument('<key>', `the setting: ${CONFIG_KEYS.join(', ')}`)
-  .argument('<value>', 'a number, or null to remove the setting')
+  .argument('<value>', 'a number, true or false, one of the setting\'s choices, or null to remove the setting')
   .action(async (key: string, value: string, _opts: unknown, command: Command) => {
     const patch = settingPatch(key, value);
     const { result: reply, live } = await withSettings(

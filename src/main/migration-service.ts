@@ -544,6 +544,7 @@ export class MigrationService {
   async migrate(command: Extract<LocalCommand, { cmd: 'migrate' }>, progress: (p: MigrationProgress) => void, trigger: MigrationTrigger = { by: 'user', reasons: [] }): Promise<MigrationRecord> {
     if (this.deps.role !== 'edge' || !this.coreLink) throw new LocalApiError('wrong-role', 'migrations are started from the edge agent');
     const link = await this.coreLink();
+    await this.checkMovable(command.vm, command.to, link);
     const maxBandwidth = command.maxBandwidth ?? this.deps.defaultMaxBandwidth?.();
     // Towards the edge, hybrid: the user waits for it, and post-copy gives it back soonest. Towards
     // the core, auto: whatever converges, measured during the move (convergence.ts).
@@ -599,6 +600,18 @@ export class MigrationService {
     this.deps.history.addMigration(record);
     await this.refreshVms();
     return record;
+  }
+
+  /** Refuses a move that cannot start, saying where the VM really is. */
+  private async checkMovable(vm: string, to: SiteRole, link: PeerLink): Promise<void> {
+    if (this.inFlight.has(vm)) throw new LocalApiError('busy', `VM "${vm}" is already moving`);
+    const here = (await this.localVms()).some((v) => v.name === vm);
+    const there = here ? false : (await link.request<{ name: string }[]>('vm.list', {}, { timeoutMs: 10_000 })).some((v) => v.name === vm);
+    const where = here ? 'edge' : there ? 'core' : undefined;
+    if (where === to) throw new LocalApiError('already-there', `VM "${vm}" already runs at the ${to}`);
+    if (where !== undefined) return;
+    if (!(await this.deps.library.exists(vm))) throw new LocalApiError('no-vm', `there is no VM named "${vm}" (\`snowbird vm list\` shows them; \`snowbird vm create ${vm}\` makes one)`);
+    throw new LocalApiError('not-running', `VM "${vm}" is stopped: start it with \`snowbird vm start ${vm}\`, then move it`);
   }
 
   /** The record of the core's move back, asked again over each new link until it answers. */

@@ -63,6 +63,23 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.equal((JSON.parse(history.stdout) as MigrationRecord[]).filter((r) => r.outcome === 'committed').length, 20);
   });
 
+  test('moves name the real state: no such VM, already there; cloud and laptop are the sites\' other names', async () => {
+    const cli = (...args: string[]): ReturnType<typeof runCli> => runCli(['--data', pair.edgeLibrary.dataDir, ...args]);
+    const missing = await cli('migrate', 'nosuchvm', '--to', 'core');
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /there is no VM named "nosuchvm"/);
+    const home = await cli('migrate', VM, '--to', 'laptop');
+    assert.equal(home.code, 1);
+    assert.match(home.stderr, /VM "trip" already runs at the edge/);
+    assert.equal((await migrate(pair, VM, 'core', [])).outcome, 'committed');
+    const away = await cli('migrate', VM, '--to', 'cloud');
+    assert.match(away.stderr, /VM "trip" already runs at the core/);
+    const back = await cli('migrate', VM, '--to', 'laptop', '--json');
+    assert.equal(back.code, 0, back.stderr);
+    assert.equal((JSON.parse(back.stdout) as MigrationRecord).to, 'edge');
+    await health.assertAt(pair.edgeLibrary);
+  });
+
   test('Ctrl-C during the memory phase cancels the move: it rolls back and the VM keeps running at the edge', { timeout: 240_000 }, async (t) => {
     await ensureAtEdge(pair, VM);
     let cli: ChildProcess | undefined;

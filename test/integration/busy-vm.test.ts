@@ -55,6 +55,21 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
     assert.equal(stop.code, 0, stop.stderr);
   });
 
+  test('with post-copy forbidden towards the core, a move that asks for it is refused, naming the setting', async () => {
+    const cli = (...args: string[]): ReturnType<typeof runCli> => runCli(['--data', pair.edgeLibrary.dataDir, '--config', pair.configPath, ...args]);
+    const set = await cli('config', 'set', 'migration.postcopyToCore', 'false');
+    assert.equal(set.code, 0, set.stderr);
+    try {
+      for (const strategy of ['hybrid', 'postcopy']) {
+        const r = await cli('migrate', 'busy64', '--to', 'core', '--strategy', strategy);
+        assert.notEqual(r.code, 0);
+        assert.match(r.stderr, new RegExp(`--strategy ${strategy} uses post-copy, which the settings forbid towards the core \\(migration\\.postcopyToCore is false\\)`));
+      }
+    } finally {
+      assert.equal((await cli('config', 'set', 'migration.postcopyToCore', 'null')).code, 0);
+    }
+  });
+
   describe('a guest rewriting 256 MiB', () => {
     const vm = 'busy256';
     const health = new GuestHealth(vm);
