@@ -251,7 +251,7 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
       const [why = '', dedup = ''] = ((await cell.getAttribute('title')) ?? '').split('\n');
       if (i === 1) {
         assert.match(await cell.innerText(), /^auto → (pre-copy|post-copy)/);
-        assert.match(why, /^auto: .*the guest dirties [\d.]+ MiB\/s, the stream carries [\d.]+ MiB\/s/);
+        assert.match(why, /^auto: .*the guest dirties [\d.]+ [KM]iB\/s, the stream carries [\d.]+ [KM]iB\/s/);
       } else {
         assert.match(await cell.innerText(), /^hybrid/);
         assert.match(why, /^hybrid: one pre-copy pass, then post-copy/);

@@ -50,7 +50,7 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
     await health.assertAt(pair.edgeLibrary);
     const records = await roundTrips(vm, health);
     // Whatever auto chose, the record says why in the guest's and the stream's figures.
-    for (const r of records.filter((r) => r.to === 'core')) assert.match(r.memory?.reason ?? '', /^auto: .*the guest dirties [\d.]+ MiB\/s, the stream carries [\d.]+ MiB\/s/);
+    for (const r of records.filter((r) => r.to === 'core')) assert.match(r.memory?.reason ?? '', /^auto: .*the guest dirties [\d.]+ [KM]iB\/s, the stream carries [\d.]+ [KM]iB\/s/);
     const stop = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'stop', vm]);
     assert.equal(stop.code, 0, stop.stderr);
   });
@@ -84,7 +84,7 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
       const records = await roundTrips(vm, health);
       for (const r of records.filter((r) => r.to === 'core')) {
         assert.equal(r.memory?.used, 'postcopy', r.memory?.reason);
-        assert.match(r.memory?.reason ?? '', /^auto: pre-copy cannot converge \(the guest dirties [\d.]+ MiB\/s, the stream carries [\d.]+ MiB\/s.*\): post-copy for ~[\d.]+ s$/);
+        assert.match(r.memory?.reason ?? '', /^auto: pre-copy cannot converge \(the guest dirties [\d.]+ [KM]iB\/s, the stream carries [\d.]+ [KM]iB\/s.*\): post-copy for ~[\d.]+ s$/);
         assert.ok(r.memory?.postcopyMs !== undefined, 'the risk window is measured');
       }
     });

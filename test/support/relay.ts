@@ -16,7 +16,8 @@ export class TcpRelay {
     const split = target.lastIndexOf(':');
     const host = target.slice(0, split);
     const port = Number(target.slice(split + 1));
-    const server = createServer();
+    // Half-open both ways: a stream that ends its side (the link probe does) still gets its answer.
+    const server = createServer({ allowHalfOpen: true });
     const relay = new TcpRelay(server);
     server.on('connection', (client) => relay.#forward(client, host, port));
     await new Promise<void>((resolve, reject) => server.once('error', reject).listen(0, '127.0.0.1', resolve));
@@ -25,7 +26,7 @@ export class TcpRelay {
 
   #forward(client: Socket, host: string, port: number): void {
     if (Date.now() < this.#downUntil) return void client.destroy();
-    const upstream = createConnection({ host, port });
+    const upstream = createConnection({ host, port, allowHalfOpen: true });
     for (const [a, b] of [[client, upstream], [upstream, client]] as const) {
       this.#sockets.add(a);
       a.on('error', () => b.destroy());

@@ -170,4 +170,8 @@ describe('encodeQmpCommand', () => {
       '{"execute":"migrate","arguments":{"uri":"unix:/tmp/m"},"id":4}\n',
     );
   });
+
+  test('out of band: exec-oob instead of execute', () => {
+    assert.equal(encodeQmpCommand(5, 'migrate-recover', { uri: 'unix:/tmp/r' }, true), '{"exec-oob":"migrate-recover","arguments":{"uri":"unix:/tmp/r"},"id":5}\n');
+  });
 });

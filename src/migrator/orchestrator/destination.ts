@@ -30,6 +30,7 @@ import type { DestinationSite, PlanReply, PlanRequest, PrepareReply, PrepareRequ
 import { IncomingJournalSchema, type IncomingJournal } from './common/journal.ts';
 import { incomingJournalPath, readIncomingJournals, removeFile, writeIncomingJournal } from './journal.ts';
 import { diskRoot, retryWhileBusy, setCapabilities, QemuWatch } from './qemu-ops.ts';
+import { QmpError, QmpTimeoutError } from '../qmp/errors.ts';
 
 export class DestinationError extends Error {
   override readonly name = 'DestinationError';
@@ -63,6 +64,8 @@ interface Incoming {
 }
 
 const TOP_FILE = 'disk.qcow2';
+/** Post-copy recovery asks QEMU's migration status this long before it assumes a blocked main thread. */
+const RECOVER_STATUS_TIMEOUT_MS = 2000;
 
 function short(migrationId: string): string {
   return migrationId.replaceAll('-', '').slice(0, 8);
@@ -274,35 +277,40 @@ export class MigrationDestination implements DestinationSite {
     return this.#serial(entry, async () => {
       const { journal } = entry;
       const vm = this.#vm(entry);
-      const watch = new QemuWatch(vm.qmp);
-      try {
-        let status = (await vm.qmp.execute('query-migrate')).status;
-        if (status === 'completed') throw new DestinationError('the incoming migration already completed; nothing to recover');
-        // Still listening from an earlier attempt whose resume never connected: offer the same socket.
-        const listening = journal.sockets.at(-1);
-        if (status === 'postcopy-recover' && listening !== undefined && journal.sockets.length > 2) return { migrationSocket: listening };
-        if (status !== 'postcopy-active' && status !== 'postcopy-paused') {
-          throw new DestinationError(`the incoming migration is ${status}, not in post-copy; only a post-copy stream can be recovered`);
+      // QEMU's main thread may be waiting on a page that is behind the broken stream (the display,
+      // a device touching guest RAM): in-band commands then go unanswered, so the status is asked
+      // with a short timeout, and pause and recover go out of band.
+      const oob = { oob: vm.qmp.oob };
+      const status = await vm.qmp.execute('query-migrate', undefined, { timeoutMs: RECOVER_STATUS_TIMEOUT_MS }).then(
+        (info) => info.status,
+        (error: unknown) => {
+          if (error instanceof QmpTimeoutError && vm.qmp.oob) return undefined; // blocked on a page: in post-copy
+          throw error;
+        },
+      );
+      if (status === 'completed') throw new DestinationError('the incoming migration already completed; nothing to recover');
+      // Still listening from an earlier attempt whose resume never connected: offer the same socket.
+      const listening = journal.sockets.at(-1);
+      if (status === 'postcopy-recover' && listening !== undefined && journal.sockets.length > 2) return { migrationSocket: listening };
+      if (status !== undefined && status !== 'postcopy-active' && status !== 'postcopy-paused') {
+        throw new DestinationError(`the incoming migration is ${status}, not in post-copy; only a post-copy stream can be recovered`);
+      }
+      // The source saw the stream break first: make this side notice too (refused, harmlessly, when it did).
+      if (status !== 'postcopy-paused') await vm.qmp.execute('migrate-pause', undefined, oob).catch(() => undefined);
+      const migrationSocket = join(dirname(journal.topFile), `mig-${short(journal.migrationId)}-r${journal.sockets.length}.sock`);
+      journal.sockets.push(migrationSocket);
+      await writeIncomingJournal(dirname(journal.topFile), journal);
+      await rm(migrationSocket, { force: true });
+      // Accepted once QEMU is postcopy-paused, which follows migrate-pause within moments.
+      const deadline = performance.now() + 10_000;
+      for (;;) {
+        try {
+          await vm.qmp.execute('migrate-recover', { uri: `unix:${migrationSocket}` }, oob);
+          return { migrationSocket };
+        } catch (error) {
+          if (!(error instanceof QmpError) || performance.now() > deadline) throw error;
+          await new Promise((resolve) => setTimeout(resolve, 100));
         }
-        if (status === 'postcopy-active') {
-          // The source saw the stream break first: make this side notice too.
-          await vm.qmp.execute('migrate-pause').catch(() => undefined);
-          status = await watch.until('post-copy to pause', () => (watch.migrationStatus === 'postcopy-paused' ? watch.migrationStatus : undefined), {
-            timeoutMs: 10_000,
-            poll: async () => {
-              const s = (await vm.qmp.execute('query-migrate')).status;
-              if (s === 'postcopy-paused') watch.migrationStatus = s;
-            },
-          });
-        }
-        const migrationSocket = join(dirname(journal.topFile), `mig-${short(journal.migrationId)}-r${journal.sockets.length}.sock`);
-        journal.sockets.push(migrationSocket);
-        await writeIncomingJournal(dirname(journal.topFile), journal);
-        await rm(migrationSocket, { force: true });
-        await vm.qmp.execute('migrate-recover', { uri: `unix:${migrationSocket}` });
-        return { migrationSocket };
-      } finally {
-        watch.dispose();
       }
     });
   }

@@ -13,6 +13,9 @@ import { commandLineOf, isAlive, readPidFile, waitForExit } from './process-info
 import { applyCpuLimit, removeCpuLimit } from './cpu-limit.ts';
 import { socketAccepts } from '../local-io.ts';
 
+/** Out-of-band commands: post-copy recovery must reach a QEMU whose main thread waits on a missing page. */
+const QMP_CAPABILITIES = ['oob'];
+
 export const QEMU_BINARY = 'qemu-system-x86_64';
 
 export interface StartOptions {
@@ -118,7 +121,7 @@ export class VmHandle {
 
     let qmp: QmpClient;
     try {
-      qmp = await QmpClient.connect(paths.qmp, { timeoutMs: 10_000, retryUntilMs: 10_000 });
+      qmp = await QmpClient.connect(paths.qmp, { timeoutMs: 10_000, retryUntilMs: 10_000, capabilities: QMP_CAPABILITIES });
     } catch (cause) {
       process.kill(pid, 'SIGKILL');
       throw new VmStartError(spec.name, `QEMU did not answer on its QMP socket ${paths.qmp}`, { cause });
@@ -146,7 +149,7 @@ export class VmHandle {
       throw new VmAdoptError(name, `process ${pid} is not this VM's QEMU (its command line does not use ${paths.qmp})`);
     }
     try {
-      const qmp = await QmpClient.connect(paths.qmp, { timeoutMs: 5000 });
+      const qmp = await QmpClient.connect(paths.qmp, { timeoutMs: 5000, capabilities: QMP_CAPABILITIES });
       return new VmHandle(name, pid, paths, qmp);
     } catch (cause) {
       throw new VmAdoptError(name, `QEMU (pid ${pid}) does not answer on ${paths.qmp}; kill it with 'snowbird vm stop ${name} --force'`, { cause });

@@ -69,6 +69,8 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
   readonly #socket: Socket;
   readonly #decoder: QmpDecoder;
   readonly #pending = new Map<number, PendingCall>();
+  /** The `oob` capability is on: `exec-oob` commands may be sent. */
+  #oob = false;
   /** Ids whose caller gave up; their replies are dropped quietly rather than reported as unknown. */
   readonly #timedOut = new Set<number>();
   readonly #watchers = new Set<Watcher>();
@@ -118,6 +120,7 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
     const enable = (opts.capabilities ?? []).filter((c) => client.greeting.capabilities.includes(c));
     try {
       await client.execute('qmp_capabilities', enable.length > 0 ? { enable } : undefined, { timeoutMs: remainingMs() });
+      client.#oob = enable.includes('oob');
     } catch (err) {
       await client.close();
       throw new QmpConnectError(socketPath, `QMP capabilities negotiation on ${socketPath} failed: ${(err as Error).message}`, err);
@@ -127,6 +130,11 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
 
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Whether out-of-band commands (`{ oob: true }`) can be sent on this connection. */
+  get oob(): boolean {
+    return this.#oob;
   }
 
   execute<K extends QmpCommandName>(command: K, ...args: ArgsFor<K>): Promise<QmpCommands[K]['ret']> {
@@ -152,7 +160,12 @@ export class QmpClient extends EventEmitter<QmpClientEvents> {
       }, timeoutMs);
     }
     this.#pending.set(id, call);
-    this.#socket.write(encodeQmpCommand(id, command, args));
+    if (opts.oob && !this.#oob) {
+      clearTimeout(call.timer);
+      this.#pending.delete(id);
+      return Promise.reject(new QmpProtocolError(`${command} out of band needs the QMP 'oob' capability, which this connection did not enable (QEMU did not offer it)`));
+    }
+    this.#socket.write(encodeQmpCommand(id, command, args, opts.oob));
     return promise;
   }
 

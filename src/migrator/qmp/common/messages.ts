@@ -81,6 +81,8 @@ export function parseQmpMessage(line: string): QmpInbound {
 }
 
 /** One command line for the wire. QEMU's parser is brace-counting, not line-based; the newline is for humans. */
-export function encodeQmpCommand(id: number, command: string, args?: Record<string, unknown>): string {
-  return `${JSON.stringify(args === undefined ? { execute: command, id } : { execute: command, arguments: args, id })}\n`;
+/** `oob`: sent as `exec-oob`, run by QEMU's monitor thread even while its main thread is blocked. */
+export function encodeQmpCommand(id: number, command: string, args?: Record<string, unknown>, oob = false): string {
+  const verb = oob ? 'exec-oob' : 'execute';
+  return `${JSON.stringify(args === undefined ? { [verb]: command, id } : { [verb]: command, arguments: args, id })}\n`;
 }

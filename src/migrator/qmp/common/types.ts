@@ -268,6 +268,12 @@ export type QmpCommandName = keyof QmpCommands;
 export interface QmpCallOptions {
   /** Default 30000. */
   timeoutMs?: number;
+  /**
+   * Out of band (`exec-oob`; the connection must have enabled the `oob` capability, and the command
+   * must allow it, as migrate-pause and migrate-recover do): answered even while QEMU's main thread
+   * is blocked, e.g. on a post-copy page fault whose page waits behind a broken stream.
+   */
+  oob?: boolean;
 }
 
 /**
