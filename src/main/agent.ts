@@ -25,6 +25,7 @@ import { isAlive } from '../migrator/qemu/process-info.ts';
 import { UiServer } from './ui-server.ts';
 import { localApiSocket } from './local-api/paths.ts';
 import { lockDataDir } from './agent-lock.ts';
+import { VmSites } from './vm-sites.ts';
 
 export interface AgentOptions {
   role: SiteRole;
@@ -179,9 +180,12 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   });
   await migrations.recover();
   const sensors = new VmSensors(library, log);
-  /** The peer API on every new link: migrations, and the host readings of the VMs this site runs. */
+  let connection: CoreConnection | undefined;
+  const vmSites = new VmSites({ role, library, store, coreLink: () => connection?.current, cancelMove: (vm) => migrations.cancel(vm) });
+  /** The peer API on every new link: migrations, the VMs this site runs (status, stop, host readings). */
   const setupLink = (link: PeerLink): void => {
     migrations.attach(link);
+    vmSites.attach(link);
     link.handle('vm.sensors', peerMethods['vm.sensors'], (p) => sensors.read(p.vm));
   };
 
@@ -208,7 +212,6 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   }
 
   let embedded: EmbeddedCore | undefined;
-  let connection: CoreConnection | undefined;
   const client = new LinkClient({ identity, name });
   if (role === 'edge') {
     if (options.embeddedCore) {
@@ -283,6 +286,10 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         return migrations.migrate(command, progress);
       case 'cancel':
         return migrations.cancel(command.vm, command.migrationId);
+      case 'vm-status':
+        return vmSites.status(command.vm, command.sampleMs ?? 0);
+      case 'vm-stop':
+        return vmSites.stop(command.vm, { force: command.force ?? false, graceMs: command.graceMs ?? 15_000, cancelMove: command.cancelMove ?? false });
       case 'history':
         return history.migrations({ ...(command.vm ? { vm: command.vm } : {}), ...(command.limit ? { limit: command.limit } : {}) });
       case 'display':

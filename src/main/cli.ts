@@ -14,9 +14,11 @@ import { formatIntegrity, formatLinkBytes, formatMigrationSummary, formatMs, for
 import { LocalApiClient, LocalApiUnavailableError } from './local-api/client.ts';
 import { ConfigService, defaultConfigPath } from './config-service.ts';
 import { CONFIG_KEYS, patchAt, type ConfigPatch, type ConfigReply } from '../shared/config.ts';
+import type { VmStopReply } from '../shared/local-api.ts';
 import { runAgent } from './agent.ts';
 import { openInBrowser, type OpenedIn } from './app-launcher.ts';
 import { start } from './start.ts';
+import { embeddedCoreDataDir } from './embedded-core.ts';
 import { DEDUP_MODES, MEMORY_STRATEGIES, type DedupMode, type MemoryStrategy, type SiteRole } from '../shared/migration.ts';
 import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
 import { decisionChanges, describeDecision, formatTrace, parseTrace, replay } from '../interaction-detect/common/trace.ts';
@@ -102,6 +104,10 @@ vm.command('start')
   .option('--paused', 'start with the vCPUs stopped (resume with `snowbird vm resume`)', false)
   .option('--no-wait', 'return as soon as QEMU is up, without waiting for the guest')
   .action(async (name: string, opts: { paused: boolean; wait: boolean }, command: Command) => {
+    // One VM runs at one site: through the agent, a VM running at the core is seen (and left alone).
+    const { result: now } = await withAgentOrAlone(command, (client) => client.request({ cmd: 'vm-status', vm: name }), () => vmStatus(library(command), name));
+    if (now.moving) throw new Error(`VM "${name}" is moving ${now.moving.from} → ${now.moving.to}; it already runs`);
+    if (now.state !== 'stopped') throw new Error(`VM "${name}" already runs at the ${now.site} (${now.state}); \`snowbird vm status ${name}\` shows it`);
     const result = await startVm(library(command), name, { paused: opts.paused, waitReady: opts.wait && !opts.paused });
     process.stdout.write(
       `VM "${name}" is ${opts.paused ? 'paused' : 'running'} (QEMU pid ${result.pid}, ${result.accel.accel}: ${result.accel.reason})\n` +
@@ -114,11 +120,17 @@ vm.command('start')
 vm.command('stop')
   .description('power the VM off cleanly (guest poweroff, then QEMU quit); --force kills it at once')
   .argument('<name>', 'VM name')
-  .option('--force', 'kill QEMU immediately (the guest does not flush)', false)
+  .option('--force', 'kill QEMU immediately (the guest does not flush); never kills a move: see --cancel-move', false)
+  .option('--cancel-move', 'if the VM is moving, cancel the move first (it rolls back unless the guest already switched over), then stop it where it runs', false)
   .option('--timeout <seconds>', 'how long the guest may take to power off before QEMU is told to quit', positiveInt, 15)
-  .action(async (name: string, opts: { force: boolean; timeout: number }, command: Command) => {
-    const outcome = await stopVm(library(command), name, { force: opts.force, graceMs: opts.timeout * 1000 });
-    process.stdout.write(outcome === 'stopped' ? `VM "${name}" stopped\n` : `VM "${name}" was not running\n`);
+  .action(async (name: string, opts: { force: boolean; cancelMove: boolean; timeout: number }, command: Command) => {
+    const graceMs = opts.timeout * 1000;
+    const { result: reply } = await withAgentOrAlone(
+      command,
+      (client) => client.request({ cmd: 'vm-stop', vm: name, force: opts.force, graceMs, cancelMove: opts.cancelMove }),
+      () => stopWithoutAgent(library(command), name, { force: opts.force, graceMs }),
+    );
+    process.stdout.write(reply.outcome === 'stopped' ? `VM "${name}" stopped at the ${reply.site}\n` : `VM "${name}" was not running\n`);
   });
 
 vm.command('pause')
@@ -138,12 +150,14 @@ vm.command('resume')
   });
 
 vm.command('list')
-  .description('list the VMs at this site and their state')
+  .description('list the VMs and their state, wherever they run (the core\'s through the edge agent, when it runs)')
   .option('--json', 'print JSON for scripts', false)
   .action(async (opts: { json: boolean }, command: Command) => {
     const lib = library(command);
     const reports: VmStatusReport[] = [];
-    for (const name of await lib.list()) reports.push(await vmStatus(lib, name));
+    // Through the agent: VMs at the core too, where they run.
+    const { result: names } = await withAgentOrAlone(command, async (client) => (await client.request({ cmd: 'status' })).vms.map((v) => v.name), () => lib.list());
+    for (const name of names) reports.push((await withAgentOrAlone(command, (client) => client.request({ cmd: 'vm-status', vm: name }), () => vmStatus(lib, name))).result);
     if (opts.json) return printJson(reports);
     if (reports.length === 0) return void process.stdout.write(`no VMs in ${lib.dataDir}; create one with 'snowbird vm create demo'\n`);
     process.stdout.write(formatTable(['NAME', 'STATE', 'SITE', 'PID', 'ACCEL', 'MEMORY', 'VCPUS'],
@@ -156,10 +170,11 @@ vm.command('status')
   .option('--json', 'print JSON for scripts', false)
   .option('--sample <seconds>', 'how long to listen for the guest\'s heartbeats', positiveInt, 3)
   .action(async (name: string, opts: { json: boolean; sample: number }, command: Command) => {
-    const report = await vmStatus(library(command), name, { sampleMs: opts.sample * 1000 });
+    const sampleMs = opts.sample * 1000;
+    const { result: report } = await withAgentOrAlone(command, (client) => client.request({ cmd: 'vm-status', vm: name, sampleMs }), () => vmStatus(library(command), name, { sampleMs }));
     if (opts.json) return printJson(report);
     const lines = [
-      `VM ${report.name}: ${report.state}${report.qemuStatus ? ` (QEMU: ${report.qemuStatus})` : ''} at the ${report.site}`,
+      `VM ${report.name}: ${report.state}${report.qemuStatus ? ` (QEMU: ${report.qemuStatus})` : ''} at the ${report.site}${report.moving ? `, moving ${report.moving.from} → ${report.moving.to} (${report.moving.phase})` : ''}`,
       `  pid ${report.pid ?? '-'}, accel ${report.accel ?? '-'}, started ${report.startedAt ?? '-'}`,
       `  ${report.memoryMiB} MiB, ${report.vcpus} vCPU, disk ${report.disk}`,
       `  display: VNC on ${report.vncSocket}`,
@@ -194,6 +209,33 @@ vm.command('console')
 
 function agentSocket(command: Command): string {
   return join(library(command).dataDir, 'run', 'agent.sock');
+}
+
+/**
+ * `vm stop` with no agent running: the VM runs at this site, or (after `npm start` stopped with the VM
+ * in the cloud) at the embedded core on this machine, whose QEMU outlives its agent.
+ */
+async function stopWithoutAgent(lib: VmLibrary, name: string, options: { force: boolean; graceMs: number }): Promise<VmStopReply> {
+  if ((await stopVm(lib, name, options)) === 'stopped') return { outcome: 'stopped', site: await lib.siteRole() };
+  const embedded = new VmLibrary(embeddedCoreDataDir(lib.dataDir));
+  if ((await embedded.exists(name)) && (await stopVm(embedded, name, options)) === 'stopped') return { outcome: 'stopped', site: 'core' };
+  return { outcome: 'not-running', site: await lib.siteRole() };
+}
+
+/** Through the running agent when there is one (`live`), else `alone` on this data directory. */
+async function withAgentOrAlone<T>(command: Command, viaAgent: (client: LocalApiClient) => Promise<T>, alone: () => Promise<T>): Promise<{ result: T; live: boolean }> {
+  let client: LocalApiClient;
+  try {
+    client = await LocalApiClient.connect(agentSocket(command));
+  } catch (error) {
+    if (!(error instanceof LocalApiUnavailableError)) throw error;
+    return { result: await alone(), live: false };
+  }
+  try {
+    return { result: await viaAgent(client), live: true };
+  } finally {
+    client.close();
+  }
 }
 
 async function withAgent<T>(command: Command, use: (client: LocalApiClient) => Promise<T>): Promise<T> {
@@ -378,7 +420,11 @@ program
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
     });
+    const where = started.agent.store.getState().vms[opts.vm]?.location;
     await started.agent.close();
+    log(where === 'edge' || where === 'core'
+      ? `the agent stopped; VM "${opts.vm}" keeps running at the ${where}${where === 'core' ? ' (the embedded core\'s QEMU on this machine)' : ''}: \`npm start\` brings the app back to it, \`snowbird vm stop ${opts.vm}\` stops it`
+      : `the agent stopped; VM "${opts.vm}" is ${where === 'moving' ? 'moving: its move was cut short and is finished or rolled back when the agent next starts' : 'not running'}`);
   });
 
 program
@@ -454,23 +500,14 @@ function configPath(command: Command): string {
  * once); with no agent running, on the file itself (the agent reads it when it starts).
  */
 async function withSettings<T>(command: Command, viaAgent: (client: LocalApiClient) => Promise<T>, onFile: (service: ConfigService) => Promise<T>): Promise<{ result: T; live: boolean }> {
-  let client: LocalApiClient;
-  try {
-    client = await LocalApiClient.connect(agentSocket(command));
-  } catch (error) {
-    if (!(error instanceof LocalApiUnavailableError)) throw error;
+  return withAgentOrAlone(command, viaAgent, async () => {
     const service = await ConfigService.open({ path: configPath(command), watch: false });
     try {
-      return { result: await onFile(service), live: false };
+      return await onFile(service);
     } finally {
       await service.close();
     }
-  }
-  try {
-    return { result: await viaAgent(client), live: true };
-  } finally {
-    client.close();
-  }
+  });
 }
 
 /** The agent may have been started with another file than this command would use: say which one counts. */

@@ -27,8 +27,13 @@ export class EmbeddedCoreError extends Error {
   }
 }
 
+/** The embedded core's own data directory, inside the edge's. */
+export function embeddedCoreDataDir(edgeDataDir: string): string {
+  return join(edgeDataDir, 'embedded-core');
+}
+
 export async function startEmbeddedCore(edgeDataDir: string, log: (line: string) => void): Promise<EmbeddedCore> {
-  const dataDir = join(edgeDataDir, 'embedded-core');
+  const dataDir = embeddedCoreDataDir(edgeDataDir);
   const token = randomBytes(18).toString('base64url');
   const child = spawn(
     join(REPO_ROOT, 'node_modules', '.bin', 'node'),

@@ -5,9 +5,10 @@ import { GuestChannel } from '../migrator/qemu/guest-channel.ts';
 import { resolveAccel, type AccelDecision } from '../migrator/qemu/accel.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
 import { emptyIntegrity, type IntegritySummary } from '../migrator/qemu/common/integrity.ts';
-import type { RunState } from '../migrator/qemu/vm.ts';
+import type { VmStatusReport } from '../shared/vm-status.ts';
+
+export type { VmStatusReport } from '../shared/vm-status.ts';
 import type { VmLibrary } from './vm-library.ts';
-import type { SiteRole } from '../shared/migration.ts';
 
 export interface StartResult {
   name: string;
@@ -46,22 +47,6 @@ export async function startVm(
   }
   await vm.detach();
   return { name, pid: vm.pid, accel, readySeconds, vncSocket: paths.vnc };
-}
-
-export interface VmStatusReport {
-  name: string;
-  /** The site this data directory belongs to (the VM runs there when its state is not `stopped`). */
-  site: SiteRole;
-  state: RunState | 'stopped';
-  qemuStatus: string | undefined;
-  pid: number | undefined;
-  accel: string | undefined;
-  startedAt: string | undefined;
-  memoryMiB: number;
-  vcpus: number;
-  disk: string;
-  vncSocket: string;
-  integrity: IntegritySummary | undefined;
 }
 
 /**

@@ -1,8 +1,9 @@
 // The edge agent's local API: what the CLI and the app may ask. One command union, validated
 // on arrival; replies and progress come back tagged with the request id.
 import { z } from 'zod';
+import type { VmStatusReport } from './vm-status.ts';
 import { safeId } from './vm-spec.ts';
-import { DEDUP_MODES, MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord } from './migration.ts';
+import { DEDUP_MODES, MEMORY_STRATEGIES, SITE_ROLES, migrationProgressSchema, type MigrationRecord, type SiteRole } from './migration.ts';
 import { displayStatusSchema } from './display.ts';
 import { PLACEMENT_MODES, interactionSampleSchema, type InteractionSample, type PlacementDecision, type PlacementMode } from './placement.ts';
 import { configReplySchema, type ConfigReply } from './config.ts';
@@ -30,6 +31,10 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
     dedup: z.enum(DEDUP_MODES).optional(),
   }),
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
+  /** Where and how a VM runs, at this site or (asked through the edge agent) at the core. */
+  z.object({ cmd: z.literal('vm-status'), vm: safeId, sampleMs: z.number().int().nonnegative().max(30_000).optional() }),
+  /** Powers a VM off wherever it runs; refused while it moves unless `cancelMove` (the move is cancelled first). */
+  z.object({ cmd: z.literal('vm-stop'), vm: safeId, force: z.boolean().optional(), graceMs: z.number().int().positive().max(600_000).optional(), cancelMove: z.boolean().optional() }),
   z.object({ cmd: z.literal('cancel'), vm: safeId, /** Only this move (a late Ctrl-C must not cancel the next one). */ migrationId: z.string().max(64).optional() }),
   z.object({ cmd: z.literal('history'), vm: safeId.optional(), limit: z.number().int().positive().max(10_000).optional() }),
   /** Opens (or finds) the VM's display gateway at the edge: where viewers connect. */
@@ -80,6 +85,12 @@ export type AgentStatus = z.infer<typeof agentStatusSchema>;
 export const cancelReplySchema = z.object({ requested: z.boolean(), detail: z.string() });
 export type CancelReply = z.infer<typeof cancelReplySchema>;
 
+/** `vm-stop`: whether a running VM was powered off, and at which site. */
+export interface VmStopReply {
+  outcome: 'stopped' | 'not-running';
+  site: SiteRole;
+}
+
 export const displayReplySchema = z.object({
   vm: z.string(),
   /** Where the gateway's VNC server is: the site that runs the VM. */
@@ -98,6 +109,8 @@ export interface LocalReplies {
   pair: { peerName: string; fingerprint: string };
   migrate: MigrationRecord;
   cancel: CancelReply;
+  'vm-status': VmStatusReport;
+  'vm-stop': VmStopReply;
   history: MigrationRecord[];
   display: DisplayReply;
   placement: PlacementReply;

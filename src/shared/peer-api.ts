@@ -60,6 +60,10 @@ export const peerMethods = {
   'vm.await-migration': z.object({ vm: safeId, migrationId: layerId }),
   /** Edge → core: abandon the core's outgoing migration of this VM (see the local API's cancel). */
   'vm.cancel-migration': z.object({ vm: safeId, migrationId: z.string().max(64).optional() }),
+  /** Edge → core: `snowbird vm status` of a VM that runs at the core (with the guest's report, sampled this long). */
+  'vm.status': z.object({ vm: safeId, sampleMs: z.number().int().nonnegative().max(30_000) }),
+  /** Edge → core: `snowbird vm stop` of a VM that runs at the core. */
+  'vm.stop': z.object({ vm: safeId, force: z.boolean(), graceMs: z.number().int().positive().max(600_000) }),
   /** Either way: the VMs this site runs. */
   'vm.list': z.object({}),
   /** Edge → core: what the core's host measures of this VM's QEMU now (a HostReading; rates since the last call). */

@@ -11,11 +11,14 @@ import { ensureAtEdge, migrate, migrateAndInject, qemuAlive } from '../support/m
 import { readPidFile } from '../../src/migrator/qemu/process-info.ts';
 import { removeCpuLimit } from '../../src/migrator/qemu/cpu-limit.ts';
 import type { MigrationRecord } from '../../src/shared/migration.ts';
+import type { VmStatusReport } from '../../src/shared/vm-status.ts';
 
 const VM = 'trip';
 const MiB = 1024 * 1024;
 
 const health = new GuestHealth(VM);
+
+const pick = (r: VmStatusReport): { site: string; state: string } => ({ site: r.site, state: r.state });
 
 describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
   let pair: AgentPair;
@@ -74,6 +77,16 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.equal((await migrate(pair, VM, 'core', [])).outcome, 'committed');
     const away = await cli('migrate', VM, '--to', 'cloud');
     assert.match(away.stderr, /VM "trip" already runs at the core/);
+    // The vm commands see it there too, through the edge agent.
+    const status = await cli('vm', 'status', VM, '--json');
+    assert.equal(status.code, 0, status.stderr);
+    assert.deepEqual(pick(JSON.parse(status.stdout) as VmStatusReport), { site: 'core', state: 'running' });
+    const list = JSON.parse((await cli('vm', 'list', '--json')).stdout) as VmStatusReport[];
+    assert.deepEqual(list.filter((r) => r.name === VM).map(pick), [{ site: 'core', state: 'running' }]);
+    const start = await cli('vm', 'start', VM);
+    assert.equal(start.code, 1);
+    assert.match(start.stderr, /VM "trip" already runs at the core/);
+    assert.equal(await qemuAlive(pair.edgeLibrary, VM), false, 'vm start booted a second copy at the edge');
     const back = await cli('migrate', VM, '--to', 'laptop', '--json');
     assert.equal(back.code, 0, back.stderr);
     assert.equal((JSON.parse(back.stdout) as MigrationRecord).to, 'edge');

@@ -51,8 +51,26 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
     const records = await roundTrips(vm, health);
     // Whatever auto chose, the record says why in the guest's and the stream's figures.
     for (const r of records.filter((r) => r.to === 'core')) assert.match(r.memory?.reason ?? '', /^auto: .*the guest dirties [\d.]+ [KM]iB\/s, the stream carries [\d.]+ [KM]iB\/s/);
-    const stop = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'stop', vm]);
-    assert.equal(stop.code, 0, stop.stderr);
+  });
+
+  test('vm stop during a move is refused, naming the move; with --cancel-move the move is cancelled and the VM stopped', async (t: TestContext) => {
+    const vm = 'busy64';
+    await ensureAtEdge(pair, vm);
+    const stop = (...extra: string[]): ReturnType<typeof runCli> => runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'stop', vm, ...extra]);
+    let refused: Awaited<ReturnType<typeof runCli>> | undefined;
+    let cancelled: Awaited<ReturnType<typeof runCli>> | undefined;
+    const { code, record } = await migrateAndInject(pair, vm, t.signal, 'core', 'memory', async () => {
+      refused = await stop();
+      cancelled = await stop('--cancel-move');
+    }, ['--bandwidth', '40']);
+    assert.equal(refused?.code, 1);
+    assert.match(refused?.stderr ?? '', /VM "busy64" is moving edge → core .*--cancel-move/);
+    assert.equal(cancelled?.code, 0, cancelled?.stderr);
+    assert.match(cancelled?.stdout ?? '', /VM "busy64" stopped at the edge/);
+    assert.equal(code, 2);
+    assert.equal(record?.outcome, 'aborted');
+    assert.equal(await qemuAlive(pair.edgeLibrary, vm), false);
+    assert.equal(await qemuAlive(pair.coreLibrary, vm), false);
   });
 
   test('with post-copy forbidden towards the core, a move that asks for it is refused, naming the setting', async () => {
@@ -109,5 +127,16 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
         await pair.waitConnected();
       });
     }
+
+    test('vm stop stops it at the core, through the edge agent', async () => {
+      if (!(await qemuAlive(pair.coreLibrary, vm))) assert.equal((await migrate(pair, vm, 'core')).outcome, 'committed');
+      const stop = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'stop', vm]);
+      assert.equal(stop.code, 0, stop.stderr);
+      assert.match(stop.stdout, /VM "busy256" stopped at the core/);
+      assert.equal(await qemuAlive(pair.coreLibrary, vm), false);
+      assert.equal(await qemuAlive(pair.edgeLibrary, vm), false);
+      const status = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'status', vm, '--json']);
+      assert.equal((JSON.parse(status.stdout) as { state: string }).state, 'stopped');
+    });
   });
 });

@@ -26,7 +26,8 @@ export interface StartOptions {
   paused?: boolean;
 }
 
-export type RunState = 'running' | 'paused' | 'incoming' | 'migrating' | 'shutdown' | 'other';
+export type { RunState } from '../../shared/vm-status.ts';
+import type { RunState } from '../../shared/vm-status.ts';
 
 export interface VmStatus {
   state: RunState;

@@ -1,28 +1,9 @@
 // Folds the demo guest's reports into the figures users and tests look at: is the guest alive, has it
 // rebooted, and have its memory and disk invariants held? Pure, so recorded report streams test it.
 import type { GuestReport } from '../../../shared/guest-protocol.ts';
+import type { GuestWriter, IntegritySummary, WorkloadIntegrity } from '../../../shared/vm-status.ts';
 
-export interface WorkloadIntegrity {
-  heartbeats: number;
-  /** Latest pass number the workload reported. */
-  pass: number;
-  /** Violations the guest counted since it booted (cumulative, from the latest heartbeat or violation lines). */
-  violations: number;
-  lastViolation?: string;
-}
-
-export interface IntegritySummary {
-  ready: boolean;
-  /** The highest guest uptime reported; it only grows while the guest keeps running (no reboot). */
-  uptimeMs: number;
-  /** Latest uptime per guest process that reports it (see `writerOf`). */
-  uptimeByWriter: Partial<Record<GuestWriter, number>>;
-  /** True if one guest process's uptime went backwards, or the guest said `ready` twice: it rebooted. */
-  rebooted: boolean;
-  memory: WorkloadIntegrity;
-  disk: WorkloadIntegrity;
-  errors: string[];
-}
+export type { IntegritySummary, WorkloadIntegrity } from '../../../shared/vm-status.ts';
 
 export function emptyIntegrity(): IntegritySummary {
   return {
@@ -38,7 +19,6 @@ export function emptyIntegrity(): IntegritySummary {
 
 const MAX_ERRORS = 20;
 
-type GuestWriter = 'ctl' | 'mem' | 'disk' | 'crunch';
 
 /**
  * The guest process that wrote a report. Each writes its lines in order, but lines of different

@@ -1,0 +1,85 @@
+// `vm status` and `vm stop` wherever the VM runs: the agent answers for its own site and, at the
+// edge, asks the core (peer methods vm.status and vm.stop) for a VM that runs there. A VM that is
+// moving is never stopped under the move: the caller waits, or asks to cancel the move first.
+import type { PeerLink } from '../migrator/link/index.ts';
+import { peerMethods } from '../shared/peer-api.ts';
+import type { SiteRole } from '../shared/migration.ts';
+import type { CancelReply, VmStopReply } from '../shared/local-api.ts';
+import type { VmStatusReport } from '../shared/vm-status.ts';
+import { LocalApiError } from './local-api/server.ts';
+import type { AgentStore } from './store.ts';
+import type { VmLibrary } from './vm-library.ts';
+import { stopVm, vmStatus } from './vm-service.ts';
+
+export interface VmSitesDeps {
+  role: SiteRole;
+  library: VmLibrary;
+  store: AgentStore;
+  /** The edge's link to its core, when connected. */
+  coreLink?: () => PeerLink | undefined;
+  /** Cancels the VM's move under way (the migration service's cancel). */
+  cancelMove: (vm: string) => Promise<CancelReply>;
+}
+
+/** How long `vm stop --cancel-move` waits for the cancelled move to end. */
+const CANCEL_WAIT_MS = 120_000;
+
+export class VmSites {
+  readonly #deps: VmSitesDeps;
+
+  constructor(deps: VmSitesDeps) {
+    this.#deps = deps;
+  }
+
+  /** The peer side: the other site asks about, or stops, a VM that runs here. */
+  attach(link: PeerLink): void {
+    link.handle('vm.status', peerMethods['vm.status'], (p) => this.#local(p.vm, p.sampleMs));
+    link.handle('vm.stop', peerMethods['vm.stop'], async (p) => ({ outcome: await stopVm(this.#deps.library, p.vm, p) }));
+  }
+
+  async status(vm: string, sampleMs: number): Promise<VmStatusReport> {
+    const moving = this.#moving(vm);
+    const here = await this.#local(vm, sampleMs).catch(() => undefined);
+    if (here !== undefined && here.state !== 'stopped') return { ...here, ...(moving ? { moving } : {}) };
+    const there = await this.#remote()?.request<VmStatusReport>('vm.status', { vm, sampleMs }, { timeoutMs: sampleMs + 10_000 }).catch(() => undefined);
+    if (there !== undefined && there.state !== 'stopped') return { ...there, ...(moving ? { moving } : {}) };
+    if (here === undefined) throw new LocalApiError('no-vm', `there is no VM named "${vm}" (\`snowbird vm list\` shows them)`);
+    return here;
+  }
+
+  async stop(vm: string, options: { force: boolean; graceMs: number; cancelMove: boolean }): Promise<VmStopReply> {
+    const moving = this.#moving(vm);
+    if (moving !== undefined) {
+      if (!options.cancelMove) {
+        throw new LocalApiError('moving', `VM "${vm}" is moving ${moving.from} → ${moving.to} (${moving.phase}); wait for the move to end, or stop it with --cancel-move, which cancels the move first (it rolls back unless the guest already switched over)`);
+      }
+      await this.#deps.cancelMove(vm);
+      const deadline = Date.now() + CANCEL_WAIT_MS;
+      while (this.#moving(vm) !== undefined && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 250));
+      if (this.#moving(vm) !== undefined) throw new LocalApiError('moving', `the move of "${vm}" did not end within ${CANCEL_WAIT_MS / 1000} s of its cancel; try again when it has`);
+    }
+    const { force, graceMs } = options;
+    if ((await stopVm(this.#deps.library, vm, { force, graceMs }).catch(() => 'not-running' as const)) === 'stopped') return { outcome: 'stopped', site: this.#deps.role };
+    const core = this.#remote();
+    if (core !== undefined) {
+      const there = await core.request<{ outcome: 'stopped' | 'not-running' }>('vm.stop', { vm, force, graceMs }, { timeoutMs: graceMs + 30_000 }).catch(() => undefined);
+      if (there?.outcome === 'stopped') return { outcome: 'stopped', site: 'core' };
+    }
+    if (!(await this.#deps.library.exists(vm))) throw new LocalApiError('no-vm', `there is no VM named "${vm}" (\`snowbird vm list\` shows them)`);
+    return { outcome: 'not-running', site: this.#deps.role };
+  }
+
+  async #local(vm: string, sampleMs: number): Promise<VmStatusReport> {
+    if (!(await this.#deps.library.exists(vm))) throw new LocalApiError('no-vm', `there is no VM named "${vm}" at the ${this.#deps.role}`);
+    return vmStatus(this.#deps.library, vm, { sampleMs });
+  }
+
+  #remote(): PeerLink | undefined {
+    return this.#deps.role === 'edge' ? this.#deps.coreLink?.() : undefined;
+  }
+
+  #moving(vm: string): VmStatusReport['moving'] {
+    const move = Object.values(this.#deps.store.getState().migrations).find((m) => m.vm === vm);
+    return move === undefined ? undefined : { from: move.from, to: move.to, phase: move.phase };
+  }
+}
