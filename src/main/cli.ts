@@ -247,6 +247,9 @@ async function withAgent<T>(command: Command, use: (client: LocalApiClient) => P
   }
 }
 
+/** `snowbird migrate`'s exit status when the move was cancelled (Ctrl-C, the app, `snowbird cancel`): the VM stayed. */
+const EXIT_CANCELLED = 3;
+
 /** `--to`: the app says cloud and laptop, the agents core and edge; both are accepted. */
 function siteArg(value: string): SiteRole {
   const site = ({ core: 'core', cloud: 'core', edge: 'edge', laptop: 'edge' } as const)[value];
@@ -306,7 +309,7 @@ function bandwidth(value: string): number {
 
 program
   .command('migrate')
-  .description('move a running VM to the other site, live; prints progress and a summary (time, downtime, bytes)')
+  .description('move a running VM to the other site, live; prints progress and a summary (time, downtime, bytes). Exit status: 0 moved, 2 failed (the VM still runs where it was), 3 cancelled (Ctrl-C, the app or `snowbird cancel`; the VM stays where it was)')
   .argument('<vm>', 'VM name')
   .addOption(new Option('--to <site>', 'destination site: core (alias cloud) or edge (alias laptop)').choices(['core', 'edge', 'cloud', 'laptop']).argParser(siteArg).makeOptionMandatory())
   .addOption(new Option('--strategy <strategy>', 'memory strategy: auto (the default to the core: pre-copy while it converges, judged during the move from the guest\'s dirty rate and the stream\'s; else auto-converge under KVM; else post-copy, unless the settings\' migration.postcopyToCore is false), precopy (dirty-page rounds), postcopy (switch at once, pages on demand), hybrid (one pre-copy pass, then post-copy; the default to the edge)').choices(MEMORY_STRATEGIES))
@@ -363,7 +366,7 @@ program
     if (interactive) process.stderr.write('\n');
     if (opts.json) printJson(record);
     else process.stdout.write(`${formatMigrationSummary(record).join('\n')}\n`);
-    if (record.outcome !== 'committed') process.exitCode = 2;
+    if (record.outcome !== 'committed') process.exitCode = record.outcome === 'cancelled' ? EXIT_CANCELLED : 2;
   });
 
 program
@@ -472,7 +475,7 @@ program
       ['STARTED', 'VM', 'MOVE', 'BY', 'STRATEGY', 'OUTCOME', 'TIME', 'DOWNTIME', 'BYTES'],
       records.map((r) => [
         r.startedAt.replace('T', ' ').slice(0, 19), r.vm, `${r.from}→${r.to}`, r.trigger?.by ?? 'user', formatStrategy(r),
-        r.outcome === 'committed' ? 'moved' : `failed (${r.failedPhase ?? '?'})`, formatMs(r.totalMs),
+        r.outcome === 'committed' ? 'moved' : `${r.outcome === 'cancelled' ? 'cancelled' : 'failed'} (${r.failedPhase ?? '?'})`, formatMs(r.totalMs),
         r.downtimeMs === undefined ? '-' : formatMs(r.downtimeMs), formatLinkBytes(r),
       ]),
     ));

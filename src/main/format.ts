@@ -38,14 +38,16 @@ export function formatProgress(p: MigrationProgress, width = 24): string {
 export function formatMigrationSummary(r: MigrationRecord): string[] {
   const head = r.outcome === 'committed'
     ? `${r.vm} moved ${r.from} → ${r.to} (${formatStrategy(r)}) in ${formatMs(r.totalMs)}, downtime ${r.downtimeMs === undefined ? '?' : formatMs(r.downtimeMs)}`
-    : `${r.vm} did NOT move ${r.from} → ${r.to}: failed in phase ${r.failedPhase ?? '?'}: ${r.error ?? ''} — the VM still runs at the ${r.from}`;
+    : r.outcome === 'cancelled'
+      ? `${r.vm} stayed at the ${r.from}: the move to the ${r.to} was cancelled during ${r.failedPhase ?? '?'}, after ${formatMs(r.totalMs)}`
+      : `${r.vm} did NOT move ${r.from} → ${r.to}: failed in phase ${r.failedPhase ?? '?'}: ${r.error ?? ''} — the VM still runs at the ${r.from}`;
   const phases = Object.entries(r.phaseMs).map(([phase, ms]) => `${phase} ${formatMs(ms)}${r.phaseBytes[phase as keyof typeof r.phaseBytes] ? ` / ${formatBytes(r.phaseBytes[phase as keyof typeof r.phaseBytes] ?? 0)}` : ''}`);
   const streams = Object.entries(r.streamBytes).map(([stream, bytes]) => `${stream} ${formatBytes(bytes)}`);
   const total = Object.values(r.streamBytes).reduce((a, b) => a + b, 0);
   const dedup = formatDedup(r);
   return [
     head,
-    `  phases:  ${phases.join(', ') || '-'}`,
+    ...(phases.length > 0 ? [`  phases:  ${phases.join(', ')}`] : []),
     `  on the link: ${formatBytes(total)} (${streams.join(', ') || '-'})`,
     ...(r.memory === undefined ? [] : [`  memory: ${r.memory.reason}${r.memory.postcopyMs === undefined ? '' : `; post-copy ran ${formatMs(r.memory.postcopyMs)} (the guest at the ${r.to}, some pages still at the ${r.from})`}`]),
     ...(dedup === undefined ? [] : [`  dedup: ${dedup}`]),

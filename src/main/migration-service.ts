@@ -544,7 +544,6 @@ export class MigrationService {
   async migrate(command: Extract<LocalCommand, { cmd: 'migrate' }>, progress: (p: MigrationProgress) => void, trigger: MigrationTrigger = { by: 'user', reasons: [] }): Promise<MigrationRecord> {
     if (this.deps.role !== 'edge' || !this.coreLink) throw new LocalApiError('wrong-role', 'migrations are started from the edge agent');
     const link = await this.coreLink();
-    await this.checkMovable(command.vm, command.to, link);
     const maxBandwidth = command.maxBandwidth ?? this.deps.defaultMaxBandwidth?.();
     // Towards the edge, hybrid: the user waits for it, and post-copy gives it back soonest. Towards
     // the core, auto: whatever converges, measured during the move (convergence.ts).
@@ -553,6 +552,7 @@ export class MigrationService {
     if (command.to === 'core' && !postcopyToCore && (strategy === 'hybrid' || strategy === 'postcopy')) {
       throw new LocalApiError('invalid-params', `--strategy ${strategy} uses post-copy, which the settings forbid towards the core (migration.postcopyToCore is false); use precopy or auto, or \`snowbird config set migration.postcopyToCore true\``);
     }
+    await this.checkMovable(command.vm, command.to, link);
     const options: MigrationOptions = {
       strategy,
       ...(command.to === 'core' && !postcopyToCore ? { allowPostcopy: false } : {}),
@@ -752,14 +752,15 @@ export class MigrationService {
       const message = dedupReport.failed === undefined
         ? (error as Error).message
         : `${(error as Error).message} The memory stream failed in the dedup transport (${dedupReport.failed}); \`snowbird migrate --dedup off\` sends it plain.`;
-      this.deps.log(`migration of ${name} ${from}→${to} failed: ${message}`);
+      const cancelled = cancel.signal.aborted && failure?.outcome !== undefined && failure.outcome.startsWith('rolled-back');
+      this.deps.log(`migration of ${name} ${from}→${to} ${cancelled ? 'cancelled' : 'failed'}: ${message}`);
       return {
         migrationId,
         vm: name,
         from,
         to,
         strategy: options.strategy,
-        outcome: 'aborted',
+        outcome: cancelled ? 'cancelled' : 'aborted',
         failedPhase: failure?.phase ?? MIGRATION_PHASES[0],
         error: message,
         startedAt,

@@ -2,7 +2,7 @@
 // the agent's pushes into the store, runs the user's commands (errors land in `errors`, shown on the
 // page) and refreshes what changes without a push (placement, decisions, history) while it is shown.
 import { ApiError, type AgentTransport, type TransportFactory } from './api.ts';
-import { appendSamples, createUiStore, type DisplayView, type MoveState, type UiStore } from './state.ts';
+import { appendSamples, createUiStore, type DisplayView, type MoveState, type UiError, type UiStore } from './state.ts';
 import type { LocalCommand, LocalReplies, UiPush } from '../shared/local-api.ts';
 import type { SiteRole } from '../shared/migration.ts';
 import type { PlacementMode } from '../shared/placement.ts';
@@ -67,9 +67,9 @@ export class Controller {
         const move = this.store.getState().moves[vm];
         if (move !== undefined) this.#setMove(vm, { ...move, progress });
       });
-      if (record.outcome !== 'committed') {
-        this.#error(what, record.error?.includes('cancelled') ? 'cancelled' : 'migration-failed',
-          `${vm} stayed at the ${record.from}: ${record.failedPhase ? `${record.failedPhase} failed: ` : ''}${record.error ?? 'the migration was aborted'}`);
+      if (record.outcome === 'cancelled') this.#error(what, 'cancelled', `${vm} stayed at the ${record.from === 'core' ? 'cloud' : 'laptop'}: the move was cancelled during ${record.failedPhase ?? 'its start'}`, 'notice');
+      else if (record.outcome !== 'committed') {
+        this.#error(what, 'migration-failed', `${vm} stayed at the ${record.from}: ${record.failedPhase ? `${record.failedPhase} failed: ` : ''}${record.error ?? 'the migration was aborted'}`);
       }
     } catch (error) {
       this.#failed(what, error);
@@ -263,8 +263,8 @@ export class Controller {
     else this.#error(what, 'error', (error as Error).message);
   }
 
-  #error(what: string, code: string, message: string): void {
-    const entry = { id: ++this.#errorId, at: Date.now(), what, code, message };
+  #error(what: string, code: string, message: string, kind: UiError['kind'] = 'error'): void {
+    const entry: UiError = { id: ++this.#errorId, at: Date.now(), kind, what, code, message };
     // The same failure repeating (a poll) shows once.
     this.store.setState((s) => ({ errors: [...s.errors.filter((e) => e.what !== what || e.message !== message), entry].slice(-6) }));
   }

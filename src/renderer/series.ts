@@ -31,7 +31,7 @@ export interface Marker {
   start: number;
   end: number;
   label: string;
-  kind: 'committed' | 'aborted' | 'running';
+  kind: 'committed' | 'aborted' | 'cancelled' | 'running';
 }
 
 const pct = (x: number | null): number | null => (x === null ? null : x * 100);
@@ -83,7 +83,7 @@ export function migrationMarkers(records: readonly MigrationRecord[], samples: r
     const end = start + r.totalMs / 1000;
     if (end < fromS) continue;
     const by = r.trigger?.by ?? 'user';
-    markers.push({ start, end, kind: r.outcome, label: `${r.outcome === 'committed' ? '' : '✗ '}→${r.to === 'core' ? 'cloud' : 'laptop'} (${by})` });
+    markers.push({ start, end, kind: r.outcome, label: `${r.outcome === 'committed' ? '' : r.outcome === 'cancelled' ? '⊘ ' : '✗ '}→${r.to === 'core' ? 'cloud' : 'laptop'} (${by})` });
   }
   // A move under way: the samples flagged `migrating` after the last recorded move.
   const lastEnd = Math.max(fromS, ...markers.map((m) => m.end));

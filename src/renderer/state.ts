@@ -13,6 +13,8 @@ export const SAMPLE_WINDOW_MS = 5 * 60_000;
 export interface UiError {
   id: number;
   at: number;
+  /** `notice`: nothing went wrong (a move the user cancelled); shown, but not as a failure. */
+  kind: 'error' | 'notice';
   /** What the user tried ("Send to cloud"), or where it happened. */
   what: string;
   code: string;

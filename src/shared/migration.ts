@@ -44,7 +44,8 @@ export const migrationRecordSchema = z.object({
   from: z.enum(SITE_ROLES),
   to: z.enum(SITE_ROLES),
   strategy: z.enum(MEMORY_STRATEGIES),
-  outcome: z.enum(['committed', 'aborted']),
+  /** `cancelled`: the user (or the policy) cancelled it and the VM stayed where it ran; `aborted`: it failed, the VM stayed. */
+  outcome: z.enum(['committed', 'aborted', 'cancelled']),
   /** When aborted: the phase that failed and what happened. */
   failedPhase: z.enum(MIGRATION_PHASES).optional(),
   error: z.string().optional(),

@@ -271,16 +271,20 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
     await page.getByTestId('send-to-cloud').click();
     await waitUntil('the Cancel button', async () => (await page.getByTestId('cancel').count()) > 0, 20_000, 50);
     await page.getByTestId('cancel').click();
-    const error = page.locator('[data-testid=errors] .error[data-code=cancelled]');
-    await waitUntil('the error banner for the cancelled move', async () => (await error.count()) > 0, 5 * 60_000, 200);
-    assert.match(await error.innerText(), /Send to cloud failed/);
+    // A cancel is not a failure: a notice, not an error.
+    const notice = page.locator('[data-testid=errors] .notice[data-code=cancelled]');
+    await waitUntil('the notice for the cancelled move', async () => (await notice.count()) > 0, 5 * 60_000, 200);
+    assert.match(await notice.innerText(), /Send to cloud cancelled.*appvm stayed at the laptop: the move was cancelled during/);
+    assert.equal(await page.locator('[data-testid=errors] .error').count(), 0);
     await waitUntil('the badge to say edge', async () => (await attr(page, 'location', 'data-location')) === 'edge', 30_000);
     const rows = page.locator('[data-testid=history] tbody tr');
-    await waitUntil('the aborted move in the history table', async () => (await rows.first().getAttribute('data-outcome')) === 'aborted', 20_000);
+    await waitUntil('the cancelled move in the history table', async () => (await rows.first().getAttribute('data-outcome')) === 'cancelled', 20_000);
+    assert.match(await rows.first().innerText(), /cancelled in/);
+    assert.equal(await rows.first().getAttribute('class'), '');
     await page.screenshot({ path: join(RESULTS, 'ui-cancelled.png'), fullPage: true });
     // The banner can be dismissed; the screen is still the same session.
-    await error.getByRole('button', { name: 'Dismiss' }).click();
-    assert.equal(await error.count(), 0);
+    await notice.getByRole('button', { name: 'Dismiss' }).click();
+    assert.equal(await notice.count(), 0);
     assert.equal(await attr(page, 'display-state', 'data-connects'), '1');
     await typeAndSee(page, p().edgeLibrary.paths(VM), 'aftercancel4');
   });

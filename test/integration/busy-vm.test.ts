@@ -67,8 +67,8 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
     assert.match(refused?.stderr ?? '', /VM "busy64" is moving edge → core .*--cancel-move/);
     assert.equal(cancelled?.code, 0, cancelled?.stderr);
     assert.match(cancelled?.stdout ?? '', /VM "busy64" stopped at the edge/);
-    assert.equal(code, 2);
-    assert.equal(record?.outcome, 'aborted');
+    assert.equal(code, 3);
+    assert.equal(record?.outcome, 'cancelled');
     assert.equal(await qemuAlive(pair.edgeLibrary, vm), false);
     assert.equal(await qemuAlive(pair.coreLibrary, vm), false);
   });

@@ -95,9 +95,13 @@ function Errors() {
   return (
     <div className="errors" role="alert" data-testid="errors">
       {errors.map((e) => (
-        <div key={e.id} className="error" data-code={e.code}>
+        <div key={e.id} className={e.kind} data-code={e.code}>
           <span>
-            <strong>{e.what} failed</strong> ({e.code}, {formatClock(e.at)}): {e.message}
+            <strong>
+              {e.what} {e.kind === 'notice' ? e.code : 'failed'}
+            </strong>{' '}
+            ({e.kind === 'notice' ? '' : `${e.code}, `}
+            {formatClock(e.at)}): {e.message}
           </span>
           <button type="button" aria-label="Dismiss" onClick={() => controller.dismissError(e.id)}>
             ×

@@ -28,7 +28,7 @@ export function HistoryTable({ vm }: { vm: string }) {
           </thead>
           <tbody>
             {records.map((r) => (
-              <tr key={r.migrationId} data-to={r.to} data-outcome={r.outcome} className={r.outcome === 'committed' ? '' : 'failed'}>
+              <tr key={r.migrationId} data-to={r.to} data-outcome={r.outcome} className={r.outcome === 'aborted' ? 'failed' : ''}>
                 <td className="nowrap">{formatDateTime(Date.parse(r.startedAt))}</td>
                 <td className="nowrap">
                   {SITE_NAMES[r.from]} → {SITE_NAMES[r.to]}
@@ -38,7 +38,7 @@ export function HistoryTable({ vm }: { vm: string }) {
                   {r.trigger && r.trigger.reasons.length > 0 && <div className="reasons clip">{r.trigger.reasons[0]}</div>}
                 </td>
                 <td title={r.error}>
-                  {r.outcome === 'committed' ? 'moved' : `failed${r.failedPhase ? ` in ${r.failedPhase}` : ''}`}
+                  {r.outcome === 'committed' ? 'moved' : `${r.outcome === 'cancelled' ? 'cancelled' : 'failed'}${r.failedPhase ? ` in ${r.failedPhase}` : ''}`}
                   {r.error && <div className="reasons clip">{r.error}</div>}
                 </td>
                 <td className="num">{formatMs(r.totalMs)}</td>

@@ -27,7 +27,7 @@ const PANELS: PanelSpec[] = [
   { id: 'intensity', title: 'Intensity model', unit: '0..1', range: [0, 1], series: [{ label: 'intensity', column: 'intensity', color: '#e377c2' }, { label: 'interaction', column: 'interaction', color: '#1f77b4' }] },
 ];
 
-const MARKER_FILL = { committed: 'rgba(255, 165, 0, 0.22)', aborted: 'rgba(214, 39, 40, 0.22)', running: 'rgba(255, 165, 0, 0.35)' } as const;
+const MARKER_FILL = { committed: 'rgba(255, 165, 0, 0.22)', aborted: 'rgba(214, 39, 40, 0.22)', cancelled: 'rgba(128, 128, 128, 0.18)', running: 'rgba(255, 165, 0, 0.35)' } as const;
 const EMPTY_SAMPLES: InteractionSample[] = [];
 const EMPTY_RECORDS: MigrationRecord[] = [];
 
