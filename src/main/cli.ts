@@ -15,6 +15,7 @@ import { LocalApiClient, LocalApiUnavailableError } from './local-api/client.ts'
 import { ConfigService, defaultConfigPath } from './config-service.ts';
 import { CONFIG_KEYS, patchAt, type ConfigPatch, type ConfigReply } from '../shared/config.ts';
 import type { VmStopReply } from '../shared/local-api.ts';
+import { nextProgressView, type ProgressView } from '../shared/progress.ts';
 import { runAgent } from './agent.ts';
 import { openInBrowser, type OpenedIn } from './app-launcher.ts';
 import { start } from './start.ts';
@@ -325,6 +326,7 @@ program
   .action(async (vmName: string, opts: { to: SiteRole; strategy?: MemoryStrategy; bandwidth?: number; downtime?: number; dedup?: DedupMode; xbzrle: boolean; json: boolean }, command: Command) => {
     const interactive = process.stderr.isTTY && !opts.json;
     let lastPhase = '';
+    let view: ProgressView | undefined;
     let migrationId: string | undefined;
     const record = await withAgent(command, (client) => {
       // Ctrl-C (or SIGTERM) cancels the move, as with `virsh migrate`; a second one stops waiting.
@@ -353,9 +355,12 @@ program
         },
         (progress) => {
           // stdout carries the record (--json) or the summary; progress goes to stderr either way.
-          if (interactive) process.stderr.write(`\r\x1b[2K${formatProgress(progress)}`);
-          else if (progress.phase !== lastPhase) process.stderr.write(`${formatProgress(progress)}\n`);
-          lastPhase = progress.phase;
+          const before = view;
+          view = nextProgressView(view, progress);
+          if (view === before) return; // stale: an earlier phase's, or out of order
+          if (interactive) process.stderr.write(`\r\x1b[2K${formatProgress(view)}`);
+          else if (view.phase !== lastPhase) process.stderr.write(`${formatProgress(view)}\n`);
+          lastPhase = view.phase;
           migrationId = progress.migrationId;
         },
       ).finally(() => {
@@ -450,7 +455,7 @@ program
     const peer = status.peer.paired ? `${status.peer.name ?? '?'} at ${status.peer.url ?? '?'} (${status.peer.connected ? 'connected' : 'NOT connected'})` : 'not paired (snowbird pair …)';
     process.stdout.write(`${status.role} agent "${status.site}" ${status.fingerprint}\n  peer: ${peer}\n`);
     if (status.vms.length > 0) process.stdout.write(formatTable(['VM', 'LOCATION', 'STATE'], status.vms.map((v) => [v.name, v.location, v.state])));
-    for (const m of status.migrations) process.stdout.write(`  moving: ${formatProgress(m)}\n`);
+    for (const m of status.migrations) process.stdout.write(`  moving: ${formatProgress(nextProgressView(undefined, m))}\n`);
   });
 
 program

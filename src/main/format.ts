@@ -1,6 +1,7 @@
 // Plain-text formatting for the CLI.
 import type { IntegritySummary } from '../migrator/qemu/common/integrity.ts';
-import type { MigrationProgress, MigrationRecord } from '../shared/migration.ts';
+import type { MigrationRecord } from '../shared/migration.ts';
+import type { ProgressView } from '../shared/progress.ts';
 import { formatBytes, formatStrategy } from '../shared/format.ts';
 
 export function formatTable(header: string[], rows: string[][]): string {
@@ -25,14 +26,19 @@ export function formatMs(ms: number): string {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
-/** One line of a text progress bar: phase, bar, bytes, rate, ETA. */
-export function formatProgress(p: MigrationProgress, width = 24): string {
-  const total = p.remainingBytes === undefined ? undefined : p.bytes + p.remainingBytes;
-  const fraction = total ? Math.min(1, p.bytes / total) : 0;
+/**
+ * One line of a text progress bar (see shared/progress.ts): phase k/n, a bar and the bytes of a
+ * known total (marked when it grows), or the bytes alone; the windowed rate and the ETA when known.
+ */
+export function formatProgress(v: ProgressView, width = 24): string {
+  const head = `${v.from}→${v.to} ${`${v.phase} (${v.phaseNumber}/${v.phaseCount})`.padEnd(16)}`;
+  const rate = v.rate > 0 ? ` at ${formatBytes(v.rate)}/s` : '';
+  const eta = v.etaSeconds === undefined ? '' : `, ETA ${formatMs(v.etaSeconds * 1000)}`;
+  if (v.total === undefined || v.total === 0) return `${head} ${formatBytes(v.bytes)} sent${rate}`;
+  const fraction = Math.min(1, v.bytes / v.total);
   const filled = Math.round(fraction * width);
-  const bar = total ? `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}%` : `[${'?'.repeat(width)}]`;
-  const eta = p.etaSeconds === undefined ? '' : ` ETA ${p.etaSeconds.toFixed(0)} s`;
-  return `${p.from}→${p.to} ${p.phase.padEnd(10)} ${bar} ${formatBytes(p.bytes)} at ${formatBytes(p.rate)}/s${eta}`;
+  const bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}%`;
+  return `${head} ${bar} ${formatBytes(v.bytes)} of ${formatBytes(v.total)}${v.totalGrowing ? ' (growing: the guest keeps writing)' : ''}${rate}${eta}`;
 }
 
 export function formatMigrationSummary(r: MigrationRecord): string[] {

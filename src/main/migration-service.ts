@@ -246,7 +246,7 @@ function toProgress(p: OrchestratorProgress, from: SiteRole, to: SiteRole): Migr
     to,
     phase: p.phase,
     bytes: p.bytes.disk + p.bytes.memory,
-    remainingBytes: p.remainingBytes,
+    ...(p.remainingBytes === null ? {} : { remainingBytes: p.remainingBytes }),
     rate: p.rateBytesPerSec,
     ...(p.etaMs === null ? {} : { etaSeconds: p.etaMs / 1000 }),
     elapsedMs: p.elapsedMs,

@@ -4,7 +4,8 @@
 import { ApiError, type AgentTransport, type TransportFactory } from './api.ts';
 import { appendSamples, createUiStore, type DisplayView, type MoveState, type UiError, type UiStore } from './state.ts';
 import type { LocalCommand, LocalReplies, UiPush } from '../shared/local-api.ts';
-import type { SiteRole } from '../shared/migration.ts';
+import type { MigrationProgress, SiteRole } from '../shared/migration.ts';
+import { nextProgressView } from '../shared/progress.ts';
 import type { PlacementMode } from '../shared/placement.ts';
 import type { ConfigPatch } from '../shared/config.ts';
 
@@ -61,12 +62,9 @@ export class Controller {
   /** "Send to cloud" (to core) / "Bring back" (to edge). */
   async migrate(vm: string, to: SiteRole): Promise<void> {
     const what = to === 'core' ? 'Send to cloud' : 'Bring back';
-    this.#setMove(vm, { to, progress: undefined, cancelling: false });
+    this.#setMove(vm, { to, cancelling: false });
     try {
-      const record = await this.#api.request({ cmd: 'migrate', vm, to }, (progress) => {
-        const move = this.store.getState().moves[vm];
-        if (move !== undefined) this.#setMove(vm, { ...move, progress });
-      });
+      const record = await this.#api.request({ cmd: 'migrate', vm, to }, (progress) => this.#track(progress));
       if (record.outcome === 'cancelled') this.#error(what, 'cancelled', `${vm} stayed at the ${record.from === 'core' ? 'cloud' : 'laptop'}: the move was cancelled during ${record.failedPhase ?? 'its start'}`, 'notice');
       else if (record.outcome !== 'committed') {
         this.#error(what, 'migration-failed', `${vm} stayed at the ${record.from}: ${record.failedPhase ? `${record.failedPhase} failed: ` : ''}${record.error ?? 'the migration was aborted'}`);
@@ -75,6 +73,7 @@ export class Controller {
       this.#failed(what, error);
     } finally {
       this.#setMove(vm, undefined);
+      this.#dropEndedProgress();
       void this.#refreshLogs(vm);
     }
   }
@@ -185,6 +184,7 @@ export class Controller {
     const names = status.vms.map((v) => v.name);
     const selected = this.store.getState().selected;
     this.store.setState({ status, ...(selected === undefined || !names.includes(selected) ? { selected: names[0] } : {}) });
+    for (const progress of status.migrations) this.#track(progress);
     if (this.store.getState().selected !== selected) void this.#refreshSelected(true);
     // A move that ended (the user's or the policy's): its record is in the history now.
     const moving = new Map(status.migrations.map((m) => [m.vm, m.to]));
@@ -196,6 +196,7 @@ export class Controller {
     }
     this.#moving = moving;
     for (const vm of Object.keys(this.store.getState().settling)) this.#settle(vm, false);
+    this.#dropEndedProgress();
     // The display of a VM that started running.
     const vm = this.store.getState().selected;
     const location = status.vms.find((v) => v.name === vm)?.location;
@@ -210,6 +211,7 @@ export class Controller {
     if (!force && status?.vms.find((v) => v.name === vm)?.location !== to) return;
     const { [vm]: _done, ...rest } = settling;
     this.store.setState({ settling: rest });
+    this.#dropEndedProgress();
   }
 
   async #refreshSelected(withDisplay: boolean): Promise<void> {
@@ -253,6 +255,19 @@ export class Controller {
   }
 
   // -------------------------------------------------------------------------------------------
+
+  /** Folds a progress event, from this app's request or a status push, into the VM's one view. */
+  #track(progress: MigrationProgress): void {
+    this.store.setState((s) => ({ progress: { ...s.progress, [progress.vm]: nextProgressView(s.progress[progress.vm], progress) } }));
+  }
+
+  /** A move's view stays until the badge settled at its destination: no "Starting…" after commit. */
+  #dropEndedProgress(): void {
+    const { progress, moves, settling, status } = this.store.getState();
+    const ended = Object.keys(progress).filter((vm) => moves[vm] === undefined && settling[vm] === undefined && !status?.migrations.some((m) => m.vm === vm));
+    if (ended.length === 0) return;
+    this.store.setState({ progress: Object.fromEntries(Object.entries(progress).filter(([vm]) => !ended.includes(vm))) });
+  }
 
   #setMove(vm: string, move: MoveState | undefined): void {
     this.store.setState((s) => ({ moves: { ...s.moves, [vm]: move } }));

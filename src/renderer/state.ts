@@ -3,7 +3,8 @@
 import { createStore } from 'zustand/vanilla';
 import type { AgentStatus, DisplayReply, PlacementReply } from '../shared/local-api.ts';
 import type { ConfigReply } from '../shared/config.ts';
-import type { MigrationProgress, MigrationRecord, SiteRole } from '../shared/migration.ts';
+import type { MigrationRecord, SiteRole } from '../shared/migration.ts';
+import type { ProgressView } from '../shared/progress.ts';
 import type { InteractionSample, PlacementDecision } from '../shared/placement.ts';
 import type { ConnectionState } from './api.ts';
 
@@ -24,8 +25,6 @@ export interface UiError {
 /** The user's move under way or just ended, for the VM's panel (policy moves show through the status). */
 export interface MoveState {
   to: SiteRole;
-  /** From this app's own `migrate` request; the status push carries every move's progress too. */
-  progress: MigrationProgress | undefined;
   cancelling: boolean;
 }
 
@@ -45,6 +44,8 @@ export interface UiState {
   selected: string | undefined;
   samples: Record<string, InteractionSample[]>;
   moves: Record<string, MoveState | undefined>;
+  /** Each moving VM's progress, folded from this app's request and the status pushes alike. */
+  progress: Record<string, ProgressView | undefined>;
   history: Record<string, MigrationRecord[]>;
   decisions: Record<string, PlacementDecision[]>;
   placement: Record<string, PlacementReply | undefined>;
@@ -70,6 +71,7 @@ export function createUiStore() {
     selected: undefined,
     samples: {},
     moves: {},
+    progress: {},
     history: {},
     decisions: {},
     placement: {},
@@ -100,11 +102,7 @@ export function locationOf(state: Pick<UiState, 'status' | 'settling'>, vm: stri
   return status.vms.find((v) => v.name === vm)?.location;
 }
 
-/** The freshest progress of the VM's move under way, from the status push or this app's request. */
-export function progressOf(state: UiState, vm: string): MigrationProgress | undefined {
-  const pushed = state.status?.migrations.find((m) => m.vm === vm);
-  const own = state.moves[vm]?.progress;
-  if (pushed === undefined) return own;
-  if (own === undefined || own.migrationId !== pushed.migrationId) return pushed;
-  return own.elapsedMs >= pushed.elapsedMs ? own : pushed;
+/** The progress of the VM's move under way (or just ended, until the badge settles): see shared/progress.ts. */
+export function progressOf(state: Pick<UiState, 'progress'>, vm: string): ProgressView | undefined {
+  return state.progress[vm];
 }

@@ -130,6 +130,8 @@ class SourceMigration {
   #finalInfo: QemuMigrationStats = {};
   #wireAtStart: { disk: number; memory: number } | undefined;
   #chainAfter: string[] = [];
+  /** The bytes the last progress event reported: later ones never report fewer. */
+  #bytesSent = { disk: 0, memory: 0 };
   #compaction: string[] = [];
 
   constructor(input: MigrateVmInput) {
@@ -722,9 +724,15 @@ class SourceMigration {
     return value;
   }
 
+  /**
+   * Progress to the listener. Bytes never fall (an emit that carries none, a phase change or a
+   * message, repeats the last ones); the rate and what is left are unknown unless the emit says.
+   */
   #emit(partial: Partial<MigrationProgress>): void {
     if (!this.#in.onProgress) return;
     const now = performance.now();
+    const bytes = { disk: Math.max(this.#bytesSent.disk, partial.bytes?.disk ?? 0), memory: Math.max(this.#bytesSent.memory, partial.bytes?.memory ?? 0) };
+    this.#bytesSent = bytes;
     try {
       this.#in.onProgress({
         migrationId: this.#id,
@@ -732,11 +740,11 @@ class SourceMigration {
         phase: this.#phase,
         elapsedMs: now - this.#t0,
         phaseElapsedMs: now - this.#phaseStart,
-        bytes: { disk: this.#diskTotal || this.#diskAtReady, memory: 0 },
         rateBytesPerSec: 0,
-        remainingBytes: 0,
+        remainingBytes: null,
         etaMs: null,
         ...partial,
+        bytes,
       });
     } catch {
       // A listener's failure is not the migration's.

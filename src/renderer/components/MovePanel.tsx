@@ -4,7 +4,8 @@ import { useController, useUi } from '../hooks.ts';
 import { locationOf, progressOf } from '../state.ts';
 import { formatMs, SITE_NAMES } from '../format.ts';
 import { formatBytes } from '../../shared/format.ts';
-import { MIGRATION_PHASES, type MigrationProgress } from '../../shared/migration.ts';
+import { MIGRATION_PHASES } from '../../shared/migration.ts';
+import type { ProgressView } from '../../shared/progress.ts';
 
 const BADGE_TEXT = { edge: 'On the laptop', core: 'In the cloud', moving: 'Moving', stopped: 'Stopped' } as const;
 
@@ -45,13 +46,13 @@ export function MovePanel({ vm }: { vm: string }) {
   );
 }
 
-function Progress({ progress }: { progress: MigrationProgress | undefined }) {
+function Progress({ progress }: { progress: ProgressView | undefined }) {
   if (progress === undefined) return <p className="muted" data-testid="progress-text">Starting the move…</p>;
-  const total = progress.remainingBytes === undefined ? undefined : progress.bytes + progress.remainingBytes;
+  const { total } = progress;
   const fraction = total ? Math.min(1, progress.bytes / total) : undefined;
-  const current = MIGRATION_PHASES.indexOf(progress.phase);
+  const current = progress.phaseNumber - 1;
   return (
-    <div className="progress" data-testid="progress" data-phase={progress.phase} data-bytes={progress.bytes}>
+    <div className="progress" data-testid="progress" data-phase={progress.phase} data-bytes={progress.bytes} data-total={total} data-growing={progress.totalGrowing}>
       <ol className="phases">
         {MIGRATION_PHASES.map((phase, i) => (
           <li key={phase} className={i < current ? 'done' : i === current ? 'current' : ''}>
@@ -61,10 +62,9 @@ function Progress({ progress }: { progress: MigrationProgress | undefined }) {
       </ol>
       {fraction === undefined ? <progress /> : <progress max={1} value={fraction} />}
       <p data-testid="progress-text">
-        <strong>{progress.phase}</strong>: {formatBytes(progress.bytes)}
-        {progress.remainingBytes !== undefined && <> sent, {formatBytes(progress.remainingBytes)} to go</>}
-        {' · '}
-        {formatBytes(progress.rate)}/s
+        <strong>{progress.phase}</strong> ({progress.phaseNumber}/{progress.phaseCount}): {formatBytes(progress.bytes)}
+        {total === undefined ? ' sent' : <> of {formatBytes(total)}{progress.totalGrowing && <span title="memory passes re-send what the guest writes meanwhile"> (growing)</span>}</>}
+        {progress.rate > 0 && <> · {formatBytes(progress.rate)}/s</>}
         {progress.etaSeconds !== undefined && <> · ETA {formatMs(progress.etaSeconds * 1000)}</>}
         {' · '}
         {formatMs(progress.elapsedMs)} so far

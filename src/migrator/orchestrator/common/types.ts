@@ -117,8 +117,8 @@ export interface MigrationProgress {
   bytes: { disk: number; memory: number };
   /** Current rate of the active stream, bytes/s. */
   rateBytesPerSec: number;
-  /** Bytes left in the active stream's current pass (disk: job len - offset; memory: QEMU's remaining). */
-  remainingBytes: number;
+  /** Bytes left in the active stream's current pass (disk: job len - offset; memory: QEMU's remaining); null when unknown. */
+  remainingBytes: number | null;
   /** remaining / rate; null when unknown. Memory passes re-dirty pages, so it is a lower bound. */
   etaMs: number | null;
   memory?: { status: string; pass: number; expectedDowntimeMs: number | undefined; dirtyPagesRate: number; postcopy: boolean; autoConverge: boolean; cpuThrottlePercent: number };
