@@ -22,7 +22,7 @@ import { bandwidthCapBytesPerS, effectivePolicyParams, type ConfigReply } from '
 import { ConfigService, defaultConfigPath } from './config-service.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
-import { UiServer } from './ui-server.ts';
+import { readUiIdentity, UiServer, writeUiIdentity } from './ui-server.ts';
 import { localApiSocket } from './local-api/paths.ts';
 import { lockDataDir } from './agent-lock.ts';
 import { VmSites } from './vm-sites.ts';
@@ -181,7 +181,7 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   await migrations.recover();
   const sensors = new VmSensors(library, log);
   let connection: CoreConnection | undefined;
-  const vmSites = new VmSites({ role, library, store, coreLink: () => connection?.current, cancelMove: (vm) => migrations.cancel(vm) });
+  const vmSites = new VmSites({ role, library, store, coreLink: () => connection?.current, cancelMove: (vm) => migrations.cancel(vm), changed: () => migrations.refreshVms() });
   /** The peer API on every new link: migrations, the VMs this site runs (status, stop, host readings). */
   const setupLink = (link: PeerLink): void => {
     migrations.attach(link);
@@ -288,6 +288,8 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         return migrations.cancel(command.vm, command.migrationId);
       case 'vm-status':
         return vmSites.status(command.vm, command.sampleMs ?? 0);
+      case 'vm-start':
+        return vmSites.start(command.vm);
       case 'vm-stop':
         return vmSites.stop(command.vm, { force: command.force ?? false, graceMs: command.graceMs ?? 15_000, cancelMove: command.cancelMove ?? false });
       case 'history':
@@ -319,7 +321,12 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
   }) as LocalHandler;
   const local = await LocalApiServer.listen(localApiSocket(dataDir), handle);
   // The app in a browser (`snowbird open`): the same handler behind a loopback WebSocket.
-  if (role === 'edge') ui = await UiServer.start({ store, handle, samples: (vm, after) => history.samples(vm, after), config: configReply, log });
+  // Its port and token outlive a restart (when the port is still free): an open tab reconnects.
+  if (role === 'edge') {
+    const kept = await readUiIdentity(dataDir);
+    ui = await UiServer.start({ store, handle, samples: (vm, after) => history.samples(vm, after), config: configReply, log, ...(kept ? { port: kept.port, token: kept.token } : {}) });
+    await writeUiIdentity(dataDir, { port: ui.port, token: ui.token });
+  }
 
   return {
     store,

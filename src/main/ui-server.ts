@@ -4,7 +4,8 @@
 // on every store change (throttled), each VM's new interaction samples every second, and the settings
 // when the agent says they changed (`pushConfig`).
 //
-// Access: a per-run token in the URL the CLI prints (`snowbird open`), required for the page and the
+// Access: a token in the URL the CLI prints (`snowbird open`; kept with the port in the owner-only
+// run/ui.json so an open tab survives an agent restart, never logged), required for the page and the
 // WebSocket, compared in constant time; the built scripts and styles hold nothing secret and load
 // without it. Host and Origin must name this server (a DNS-rebinding page has neither the token nor
 // the origin). A strict Content-Security-Policy: scripts and styles from this origin only, connections
@@ -12,7 +13,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readFile, rename, writeFile } from 'node:fs/promises';
 import { extname, join, normalize, resolve, sep } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { parseLocalRequest, type LocalError, type UiPush } from '../shared/local-api.ts';
@@ -38,9 +39,9 @@ export interface UiServerOptions {
   root?: string;
   /** Loopback only: the page runs the user's VM. Default 127.0.0.1. */
   host?: string;
-  /** 0 = any free port (default). */
+  /** The port to listen on when it is free (the last run's), else any free one. Default: any. */
   port?: number;
-  /** Default: 32 random bytes, base64url (one per run). */
+  /** Default: 32 random bytes, base64url. The agent keeps it across its restarts (readUiIdentity). */
   token?: string;
   /** Status pushes at most this often. Default 250 ms. */
   statusThrottleMs?: number;
@@ -118,11 +119,21 @@ export class UiServer {
     this.#http.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.#upgrade(req, socket, head));
   }
 
+  /** Listens on `options.port` when given and free, else on any free port. */
   static async start(options: UiServerOptions): Promise<UiServer> {
     const server = new UiServer(options);
-    server.#port = await new Promise<number>((done, fail) => {
-      server.#http.once('error', fail);
-      server.#http.listen(options.port ?? 0, server.host, () => done((server.#http.address() as { port: number }).port));
+    const listen = (port: number): Promise<number> =>
+      new Promise<number>((done, fail) => {
+        server.#http.once('error', fail);
+        server.#http.listen(port, server.host, () => {
+          server.#http.off('error', fail);
+          done((server.#http.address() as { port: number }).port);
+        });
+      });
+    server.#port = await listen(options.port ?? 0).catch((error: unknown) => {
+      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || !options.port) throw error;
+      options.log(`ui: port ${options.port} is taken; the app moves to another port (\`snowbird open\` prints it)`);
+      return listen(0);
     });
     server.#unsubscribe = options.store.subscribe(() => server.#statusChanged());
     server.#timers.push(setInterval(() => server.#pushSamples(), options.samplesEveryMs ?? 1000).unref());
@@ -346,4 +357,32 @@ export class UiServer {
       this.#send(client, push);
     }
   }
+}
+
+/**
+ * The app's port and token, kept across the agent's restarts (`run/ui.json`, owner-only) so that an
+ * open tab reconnects by itself; `snowbird open` asks the agent for the URL (never a log line).
+ */
+export interface UiIdentity {
+  port: number;
+  token: string;
+}
+
+export function uiIdentityPath(dataDir: string): string {
+  return join(dataDir, 'run', 'ui.json');
+}
+
+export async function readUiIdentity(dataDir: string): Promise<UiIdentity | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(uiIdentityPath(dataDir), 'utf8')) as Partial<UiIdentity>;
+    return typeof parsed.port === 'number' && typeof parsed.token === 'string' && parsed.token.length >= 32 ? { port: parsed.port, token: parsed.token } : undefined;
+  } catch {
+    return undefined; // none yet, or unreadable: a new one
+  }
+}
+
+export async function writeUiIdentity(dataDir: string, identity: UiIdentity): Promise<void> {
+  const path = uiIdentityPath(dataDir);
+  await writeFile(`${path}.tmp`, JSON.stringify(identity), { mode: 0o600 });
+  await rename(`${path}.tmp`, path);
 }

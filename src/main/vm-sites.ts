@@ -4,12 +4,12 @@
 import type { PeerLink } from '../migrator/link/index.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import type { SiteRole } from '../shared/migration.ts';
-import type { CancelReply, VmStopReply } from '../shared/local-api.ts';
+import type { CancelReply, VmStartReply, VmStopReply } from '../shared/local-api.ts';
 import type { VmStatusReport } from '../shared/vm-status.ts';
 import { LocalApiError } from './local-api/server.ts';
 import type { AgentStore } from './store.ts';
 import type { VmLibrary } from './vm-library.ts';
-import { stopVm, vmStatus } from './vm-service.ts';
+import { startVm, stopVm, vmStatus } from './vm-service.ts';
 
 export interface VmSitesDeps {
   role: SiteRole;
@@ -19,6 +19,8 @@ export interface VmSitesDeps {
   coreLink?: () => PeerLink | undefined;
   /** Cancels the VM's move under way (the migration service's cancel). */
   cancelMove: (vm: string) => Promise<CancelReply>;
+  /** The VM list changed (started, stopped): refresh what the agent reports. */
+  changed: () => Promise<void>;
 }
 
 /** How long `vm stop --cancel-move` waits for the cancelled move to end. */
@@ -47,7 +49,25 @@ export class VmSites {
     return here;
   }
 
+  /** Boots a stopped VM at this site; refused when it runs anywhere (one VM, one site). */
+  async start(vm: string): Promise<VmStartReply> {
+    const now = await this.status(vm, 0);
+    if (now.moving !== undefined) throw new LocalApiError('moving', `VM "${vm}" is moving ${now.moving.from} → ${now.moving.to}: it runs already`);
+    if (now.state !== 'stopped') throw new LocalApiError('running', `VM "${vm}" already runs at the ${now.site}`);
+    const started = await startVm(this.#deps.library, vm, { waitReady: false });
+    await this.#deps.changed();
+    return { site: this.#deps.role, pid: started.pid };
+  }
+
   async stop(vm: string, options: { force: boolean; graceMs: number; cancelMove: boolean }): Promise<VmStopReply> {
+    try {
+      return await this.#stop(vm, options);
+    } finally {
+      await this.#deps.changed();
+    }
+  }
+
+  async #stop(vm: string, options: { force: boolean; graceMs: number; cancelMove: boolean }): Promise<VmStopReply> {
     const moving = this.#moving(vm);
     if (moving !== undefined) {
       if (!options.cancelMove) {

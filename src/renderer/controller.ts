@@ -78,6 +78,25 @@ export class Controller {
     }
   }
 
+  /** The Start button: boots a stopped VM on the laptop. */
+  async startVm(vm: string): Promise<void> {
+    try {
+      await this.#api.request({ cmd: 'vm-start', vm });
+      void this.openDisplay(vm);
+    } catch (error) {
+      this.#failed('Start', error);
+    }
+  }
+
+  /** The Stop button (after the user confirmed): powers the VM off wherever it runs. */
+  async stopVm(vm: string): Promise<void> {
+    try {
+      await this.#api.request({ cmd: 'vm-stop', vm });
+    } catch (error) {
+      this.#failed('Stop', error);
+    }
+  }
+
   async cancel(vm: string): Promise<void> {
     const move = this.store.getState().moves[vm];
     if (move !== undefined) this.#setMove(vm, { ...move, cancelling: true });

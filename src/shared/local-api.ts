@@ -33,6 +33,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
   /** Where and how a VM runs, at this site or (asked through the edge agent) at the core. */
   z.object({ cmd: z.literal('vm-status'), vm: safeId, sampleMs: z.number().int().nonnegative().max(30_000).optional() }),
+  /** Boots a stopped VM at this site (the app's Start); refused when it runs at either site. */
+  z.object({ cmd: z.literal('vm-start'), vm: safeId }),
   /** Powers a VM off wherever it runs; refused while it moves unless `cancelMove` (the move is cancelled first). */
   z.object({ cmd: z.literal('vm-stop'), vm: safeId, force: z.boolean().optional(), graceMs: z.number().int().positive().max(600_000).optional(), cancelMove: z.boolean().optional() }),
   z.object({ cmd: z.literal('cancel'), vm: safeId, /** Only this move (a late Ctrl-C must not cancel the next one). */ migrationId: z.string().max(64).optional() }),
@@ -85,6 +87,12 @@ export type AgentStatus = z.infer<typeof agentStatusSchema>;
 export const cancelReplySchema = z.object({ requested: z.boolean(), detail: z.string() });
 export type CancelReply = z.infer<typeof cancelReplySchema>;
 
+/** `vm-start`: where the VM was booted, and its QEMU. */
+export interface VmStartReply {
+  site: SiteRole;
+  pid: number;
+}
+
 /** `vm-stop`: whether a running VM was powered off, and at which site. */
 export interface VmStopReply {
   outcome: 'stopped' | 'not-running';
@@ -111,6 +119,7 @@ export interface LocalReplies {
   cancel: CancelReply;
   'vm-status': VmStatusReport;
   'vm-stop': VmStopReply;
+  'vm-start': VmStartReply;
   history: MigrationRecord[];
   display: DisplayReply;
   placement: PlacementReply;

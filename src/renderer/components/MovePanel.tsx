@@ -1,5 +1,6 @@
 // Where the VM runs (badge), the two moves ("Send to cloud", "Bring back") and, while a move runs
 // (the user's or the policy's), its progress with a Cancel button.
+import { useState } from 'react';
 import { useController, useUi } from '../hooks.ts';
 import { locationOf, progressOf } from '../state.ts';
 import { formatMs, SITE_NAMES } from '../format.ts';
@@ -39,10 +40,39 @@ export function MovePanel({ vm }: { vm: string }) {
             {move?.cancelling ? 'Cancelling…' : 'Cancel'}
           </button>
         )}
+        {location === 'stopped' && (
+          <button type="button" data-testid="start" onClick={() => void controller.startVm(vm)}>
+            Start
+          </button>
+        )}
+        {(location === 'edge' || location === 'core') && !busy && <StopButton onStop={() => void controller.stopVm(vm)} />}
       </div>
       {!peerConnected && <p className="warning">The cloud (core) is not connected: moves are not possible now.</p>}
       {busy && <Progress progress={progress} />}
     </section>
+  );
+}
+
+/** Powering a VM off loses what its guest did not save: the button asks first, in place. */
+function StopButton({ onStop }: { onStop: () => void }) {
+  const [asking, setAsking] = useState(false);
+  if (!asking) {
+    return (
+      <button type="button" data-testid="stop" onClick={() => setAsking(true)}>
+        Stop…
+      </button>
+    );
+  }
+  return (
+    <span className="confirm">
+      Power the VM off?{' '}
+      <button type="button" className="danger" data-testid="stop-confirm" onClick={() => (setAsking(false), onStop())}>
+        Power off
+      </button>
+      <button type="button" data-testid="stop-keep" onClick={() => setAsking(false)}>
+        Keep it running
+      </button>
+    </span>
   );
 }
 

@@ -59,6 +59,12 @@ export function Plots({ vm }: { vm: string }) {
   );
 }
 
+/** The legend at the last sample: what the plot says now. */
+function showLatest(u: uPlot): void {
+  const last = (u.data[0]?.length ?? 0) - 1;
+  if (last >= 0) u.setLegend({ idx: last });
+}
+
 function Plot({ spec, columns, markers, fromS, toS }: { spec: PanelSpec; columns: PlotColumns; markers: Marker[]; fromS: number; toS: number }) {
   const container = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
@@ -75,11 +81,18 @@ function Plot({ spec, columns, markers, fromS, toS }: { spec: PanelSpec; columns
         x: { time: true, range: () => [latest.current.fromS, latest.current.toS] },
         y: spec.range ? { range: spec.range } : { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] },
       },
-      axes: [{ stroke: '#555', grid: { stroke: '#eee' } }, { stroke: '#555', grid: { stroke: '#eee' }, size: 48, label: spec.unit || undefined, labelSize: spec.unit ? 14 : 0 }],
+      // Ticks at least 90 px apart: time labels that do not run into each other at 1280 px.
+      axes: [{ stroke: '#555', grid: { stroke: '#eee' }, space: 90 }, { stroke: '#555', grid: { stroke: '#eee' }, size: 48, label: spec.unit || undefined, labelSize: spec.unit ? 14 : 0 }],
       series: [{}, ...spec.series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, spanGaps: false, points: { show: false } }))],
       legend: { live: true },
       cursor: { drag: { x: false, y: false } },
       hooks: {
+        // Off the plot, the legend shows the latest values (uPlot's own shows "--").
+        setCursor: [
+          (u: uPlot) => {
+            if (u.cursor.idx == null) showLatest(u);
+          },
+        ],
         draw: [
           (u: uPlot) => {
             const { ctx } = u;
@@ -122,7 +135,10 @@ function Plot({ spec, columns, markers, fromS, toS }: { spec: PanelSpec; columns
   }, [spec]);
 
   useEffect(() => {
-    plot.current?.setData([columns.t, ...spec.series.map((s) => columns[s.column])]);
+    const u = plot.current;
+    if (u === null) return;
+    u.setData([columns.t, ...spec.series.map((s) => columns[s.column])]);
+    if (u.cursor.idx == null) showLatest(u);
   }, [columns, spec, markers, fromS, toS]);
 
   return (
