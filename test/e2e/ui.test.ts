@@ -288,6 +288,35 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
     assert.equal(await attr(page, 'display-state', 'data-connects'), '1');
     await typeAndSee(page, p().edgeLibrary.paths(VM), 'aftercancel4');
   });
+
+  test('the plots\' legends show the latest values without hovering', async () => {
+    await page.mouse.move(0, 0);
+    const values = await page.locator('[data-testid=plot-compute] .u-legend .u-value').allInnerTexts();
+    assert.ok(values.length >= 2, `legend values: ${JSON.stringify(values)}`);
+    assert.ok(values.some((v) => /\d/.test(v)), `the vCPU/GPU legend shows no value: ${JSON.stringify(values)}`);
+  });
+
+  test('the agent restarts: the open tab reconnects by itself, at the same URL', async () => {
+    await p().killAgent(p().edge);
+    await waitUntil('the page to see the agent gone', async () => (await attr(page, 'connection', 'data-state')) !== 'open', 30_000, 100);
+    await p().startEdge();
+    await waitUntil('the page to reconnect', async () => (await attr(page, 'connection', 'data-state')) === 'open', 60_000, 200);
+    assert.equal(await uiUrl(p()), url);
+    await waitUntil('the location badge to say edge', async () => (await attr(page, 'location', 'data-location')) === 'edge', 30_000);
+  });
+
+  test('Stop asks first, then powers the VM off; Start boots it again', async () => {
+    await page.getByTestId('stop').click();
+    await page.getByTestId('stop-keep').click();
+    assert.equal(await attr(page, 'location', 'data-location'), 'edge');
+    await page.getByTestId('stop').click();
+    await page.getByTestId('stop-confirm').click();
+    await waitUntil('the badge to say stopped', async () => (await attr(page, 'location', 'data-location')) === 'stopped', 60_000, 200);
+    await page.getByTestId('start').click();
+    await waitUntil('the badge to say edge again', async () => (await attr(page, 'location', 'data-location')) === 'edge', 60_000, 200);
+    await p().waitGuestReady(VM);
+    assert.deepEqual(problems, []);
+  });
 });
 
 describe('the app in auto mode: a crunch goes to the cloud, and the decision log says why', { timeout: 20 * 60_000 }, () => {
