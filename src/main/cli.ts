@@ -424,9 +424,11 @@ program
     if (started.opened) log(describeOpened(started.opened));
     if (started.agent === undefined) return;
     log('the agent runs until Ctrl-C (the VM keeps running after it stops; `snowbird vm stop ' + opts.vm + '` stops it)');
+    // Kept while the agent closes: Ctrl-C in a terminal reaches npm and this process alike, and npm
+    // passes it on, so a second one arrives at once; it must not cut the close short.
     await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
+      process.on('SIGINT', resolve);
+      process.on('SIGTERM', resolve);
     });
     const where = started.agent.store.getState().vms[opts.vm]?.location;
     await started.agent.close();
