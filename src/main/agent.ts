@@ -288,6 +288,8 @@ export async function runAgent(options: AgentOptions): Promise<RunningAgent> {
         return migrations.cancel(command.vm, command.migrationId);
       case 'vm-status':
         return vmSites.status(command.vm, command.sampleMs ?? 0);
+      case 'vm-console':
+        return vmSites.console(command.vm, command.offset);
       case 'vm-start':
         return vmSites.start(command.vm);
       case 'vm-stop':

@@ -189,6 +189,31 @@ vm.command('console')
   .argument('<name>', 'VM name')
   .option('-f, --follow', 'keep printing new output until interrupted', false)
   .action(async (name: string, opts: { follow: boolean }, command: Command) => {
+    // Through the agent: the console of a VM at the core comes from the core.
+    let client: LocalApiClient | undefined;
+    try {
+      client = await LocalApiClient.connect(agentSocket(command));
+    } catch (error) {
+      if (!(error instanceof LocalApiUnavailableError)) throw error;
+    }
+    if (client !== undefined) {
+      const agent = client;
+      let stopped = false;
+      process.once('SIGINT', () => (stopped = true));
+      try {
+        for (let offset = 0; !stopped; ) {
+          const chunk = await agent.request({ cmd: 'vm-console', vm: name, offset });
+          process.stdout.write(chunk.text);
+          const more = chunk.next > offset;
+          offset = chunk.next;
+          if (!more && !opts.follow) break;
+          if (!more) await new Promise((resolve) => setTimeout(resolve, 1000));
+        }
+      } finally {
+        agent.close();
+      }
+      return;
+    }
     const log = library(command).paths(name).serialLog;
     let offset = 0;
     const printNew = async (): Promise<void> => {

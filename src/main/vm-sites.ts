@@ -4,7 +4,8 @@
 import type { PeerLink } from '../migrator/link/index.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import type { SiteRole } from '../shared/migration.ts';
-import type { CancelReply, VmStartReply, VmStopReply } from '../shared/local-api.ts';
+import { open } from 'node:fs/promises';
+import { CONSOLE_CHUNK_BYTES, type CancelReply, type VmConsoleReply, type VmStartReply, type VmStopReply } from '../shared/local-api.ts';
 import type { VmStatusReport } from '../shared/vm-status.ts';
 import { LocalApiError } from './local-api/server.ts';
 import type { AgentStore } from './store.ts';
@@ -36,6 +37,7 @@ export class VmSites {
   /** The peer side: the other site asks about, or stops, a VM that runs here. */
   attach(link: PeerLink): void {
     link.handle('vm.status', peerMethods['vm.status'], (p) => this.#local(p.vm, p.sampleMs));
+    link.handle('vm.console', peerMethods['vm.console'], (p) => this.#localConsole(p.vm, p.offset));
     link.handle('vm.stop', peerMethods['vm.stop'], async (p) => ({ outcome: await stopVm(this.#deps.library, p.vm, p) }));
   }
 
@@ -47,6 +49,29 @@ export class VmSites {
     if (there !== undefined && there.state !== 'stopped') return { ...there, ...(moving ? { moving } : {}) };
     if (here === undefined) throw new LocalApiError('no-vm', `there is no VM named "${vm}" (\`snowbird vm list\` shows them)`);
     return here;
+  }
+
+  /** The serial log where the VM runs (through the core when it runs there), else the last one here. */
+  async console(vm: string, offset: number): Promise<VmConsoleReply> {
+    const now = await this.status(vm, 0);
+    const core = this.#remote();
+    if (now.site === 'core' && now.state !== 'stopped' && this.#deps.role === 'edge' && core !== undefined) {
+      return core.request<VmConsoleReply>('vm.console', { vm, offset }, { timeoutMs: 15_000 });
+    }
+    return this.#localConsole(vm, offset);
+  }
+
+  async #localConsole(vm: string, offset: number): Promise<VmConsoleReply> {
+    if (!(await this.#deps.library.exists(vm))) throw new LocalApiError('no-vm', `there is no VM named "${vm}" at the ${this.#deps.role}`);
+    const file = await open(this.#deps.library.paths(vm).serialLog, 'r').catch(() => undefined);
+    if (file === undefined) throw new LocalApiError('no-console', `VM "${vm}" has no console log yet; start it with \`snowbird vm start ${vm}\``);
+    try {
+      const buffer = Buffer.alloc(CONSOLE_CHUNK_BYTES);
+      const { bytesRead } = await file.read(buffer, 0, CONSOLE_CHUNK_BYTES, offset);
+      return { site: this.#deps.role, text: buffer.subarray(0, bytesRead).toString('utf8'), next: offset + bytesRead };
+    } finally {
+      await file.close();
+    }
   }
 
   /** Boots a stopped VM at this site; refused when it runs anywhere (one VM, one site). */

@@ -33,6 +33,8 @@ export const localCommandSchema = z.discriminatedUnion('cmd', [
   /** Abandons the VM's migration under way, if it has not switched over yet: the VM stays where it runs. */
   /** Where and how a VM runs, at this site or (asked through the edge agent) at the core. */
   z.object({ cmd: z.literal('vm-status'), vm: safeId, sampleMs: z.number().int().nonnegative().max(30_000).optional() }),
+  /** The VM's serial console from byte `offset`, where it runs (or its last run here). */
+  z.object({ cmd: z.literal('vm-console'), vm: safeId, offset: z.number().int().nonnegative() }),
   /** Boots a stopped VM at this site (the app's Start); refused when it runs at either site. */
   z.object({ cmd: z.literal('vm-start'), vm: safeId }),
   /** Powers a VM off wherever it runs; refused while it moves unless `cancelMove` (the move is cancelled first). */
@@ -87,6 +89,16 @@ export type AgentStatus = z.infer<typeof agentStatusSchema>;
 export const cancelReplySchema = z.object({ requested: z.boolean(), detail: z.string() });
 export type CancelReply = z.infer<typeof cancelReplySchema>;
 
+/** `vm-console`: the serial log's bytes from the offset asked (at most CONSOLE_CHUNK_BYTES), and where to ask next. */
+export interface VmConsoleReply {
+  site: SiteRole;
+  text: string;
+  next: number;
+}
+
+/** The most of a serial log one `vm-console` answer carries (a frame on the link stays small). */
+export const CONSOLE_CHUNK_BYTES = 256 * 1024;
+
 /** `vm-start`: where the VM was booted, and its QEMU. */
 export interface VmStartReply {
   site: SiteRole;
@@ -120,6 +132,7 @@ export interface LocalReplies {
   'vm-status': VmStatusReport;
   'vm-stop': VmStopReply;
   'vm-start': VmStartReply;
+  'vm-console': VmConsoleReply;
   history: MigrationRecord[];
   display: DisplayReply;
   placement: PlacementReply;

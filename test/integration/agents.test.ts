@@ -87,6 +87,11 @@ describe('two agents move the demo guest', { timeout: 30 * 60_000 }, () => {
     assert.equal(start.code, 1);
     assert.match(start.stderr, /VM "trip" already runs at the core/);
     assert.equal(await qemuAlive(pair.edgeLibrary, VM), false, 'vm start booted a second copy at the edge');
+    // The console comes from the core's QEMU, not the edge's old log.
+    const console = await cli('vm', 'console', VM);
+    assert.equal(console.code, 0, console.stderr);
+    assert.equal(console.stdout, await readFile(pair.coreLibrary.paths(VM).serialLog, 'utf8'));
+    assert.notEqual(console.stdout, await readFile(pair.edgeLibrary.paths(VM).serialLog, 'utf8'));
     const back = await cli('migrate', VM, '--to', 'laptop', '--json');
     assert.equal(back.code, 0, back.stderr);
     assert.equal((JSON.parse(back.stdout) as MigrationRecord).to, 'edge');
