@@ -368,6 +368,14 @@ describe('the app in auto mode: a crunch goes to the cloud, and the decision log
     const history = page.locator('[data-testid=history] tbody tr[data-to=core]');
     await waitUntil('the policy\'s move in the history table', async () => (await history.count()) >= 2, 20_000);
     assert.match(await history.first().innerText(), /policy/);
+    assert.match((await history.first().locator('td.has-reasons').first().getAttribute('title')) ?? '', /crunch/);
+    // The figures stay in view with a policy row, at 1280 px as at 1920: no sideways scroll.
+    for (const width of [1280, 1920]) {
+      await page.setViewportSize({ width, height: 720 });
+      const overflow = await page.locator('[data-testid=history] table').evaluate((t) => t.scrollWidth - t.clientWidth);
+      assert.ok(overflow <= 1, `at ${width} px the history table scrolls sideways by ${overflow} px`);
+    }
+    await page.setViewportSize({ width: 1400, height: 1000 });
     // A pin from the page: keep-edge brings it home.
     await page.getByRole('radio', { name: 'Keep on laptop' }).check();
     await waitUntil('the pin to bring it back', async () => (await attr(page, 'location', 'data-location')) === 'edge', 240_000, 500);

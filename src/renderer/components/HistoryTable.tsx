@@ -33,13 +33,12 @@ export function HistoryTable({ vm }: { vm: string }) {
                 <td className="nowrap">
                   {SITE_NAMES[r.from]} → {SITE_NAMES[r.to]}
                 </td>
-                <td title={r.trigger?.reasons.join('\n')}>
+                {/* Why: on hover, so the figures' columns stay in view however long the reasons are. */}
+                <td title={r.trigger?.reasons.join('\n')} className={r.trigger && r.trigger.reasons.length > 0 ? 'has-reasons' : ''}>
                   {r.trigger?.by ?? 'user'}
-                  {r.trigger && r.trigger.reasons.length > 0 && <div className="reasons clip">{r.trigger.reasons[0]}</div>}
                 </td>
-                <td title={r.error}>
+                <td title={r.error} className={r.error ? 'has-reasons' : ''}>
                   {r.outcome === 'committed' ? 'moved' : `${r.outcome === 'cancelled' ? 'cancelled' : 'failed'}${r.failedPhase ? ` in ${r.failedPhase}` : ''}`}
-                  {r.error && <div className="reasons clip">{r.error}</div>}
                 </td>
                 <td className="num">{formatMs(r.totalMs)}</td>
                 <td className="num" data-testid="downtime">{r.downtimeMs === undefined ? '–' : formatMs(r.downtimeMs)}</td>
