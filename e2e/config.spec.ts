@@ -5,23 +5,23 @@
 // config` exits 1 — and a valid edit, saved the way editors do (temp file + rename), clears it. Then
 // the form itself: a bad value is refused next to its field before anything is sent; a good one is
 // written to the file. The banner's picture goes to test-results/ui-config-error.png.
-import { after, before, describe, test } from 'node:test';
+import { test } from '@playwright/test';
 import assert from 'node:assert/strict';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
-import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT, runCli } from '../support/fixtures.ts';
-import { waitUntil } from '../support/display.ts';
-import { configReplySchema } from '../../src/shared/config.ts';
+import type { Page } from '@playwright/test';
+import { keepOnFailure } from './support.ts';
+import { AgentPair } from '../test/support/agents.ts';
+import { REPO_ROOT, runCli } from '../test/support/fixtures.ts';
+import { waitUntil } from '../test/support/display.ts';
+import { configReplySchema } from '../src/shared/config.ts';
 
 const RESULTS = join(REPO_ROOT, 'test-results');
 const VM = 'cfgvm';
 const CAP = 'setting-migration.bandwidthCapMbit';
 
-describe('the settings file and the app\'s Settings panel', { timeout: 15 * 60_000 }, () => {
+test.describe.serial('the settings file and the app\'s Settings panel', () => {
   let pair: AgentPair | undefined;
-  let browser: Browser | undefined;
   let page: Page;
   const problems: string[] = [];
 
@@ -39,17 +39,13 @@ describe('the settings file and the app\'s Settings panel', { timeout: 15 * 60_0
     return (JSON.parse(r.stdout) as { vms: { name: string; location: string }[] }).vms.find((v) => v.name === VM)?.location;
   };
 
-  before(async () => {
+  test.beforeAll(async ({ browser }) => {
     await mkdir(RESULTS, { recursive: true });
     pair = await AgentPair.start();
     await pair.createVmAtEdge(VM);
     await pair.waitGuestReady(VM);
     const open = await cli('open', '--no-browser');
     assert.equal(open.code, 0, open.stderr);
-    browser = await chromium.launch({
-      executablePath: '/usr/bin/chromium',
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    });
     page = await browser.newPage({ viewport: { width: 1400, height: 1100 } });
     page.on('pageerror', (error) => problems.push(`page error: ${error.message}`));
     page.on('console', (message) => {
@@ -57,9 +53,10 @@ describe('the settings file and the app\'s Settings panel', { timeout: 15 * 60_0
     });
     assert.equal((await page.goto(open.stdout.trim()))?.status(), 200);
   });
+  keepOnFailure(() => page);
 
-  after(async () => {
-    await browser?.close().catch(() => undefined);
+  test.afterAll(async () => {
+    await page?.context().close().catch(() => undefined);
     await pair?.dispose();
   });
 

@@ -1,31 +1,25 @@
 // The app in a browser, end to end: two real agents (test/support/agents.ts), the demo guest, the
 // edge agent's UI server, and the built renderer (dist/ui: `npm run build:ui`, which `npm test` and
-// `npm run test:e2e` run first) in Debian's Chromium through playwright-core. The page needs its
+// `npm run test:e2e` run first) in Debian's Chromium under Playwright's runner. The page needs its
 // token; the screen shows the guest's console and takes keys; "Send to cloud" and "Bring back" move
 // the VM with a progress bar while noVNC stays connected; both moves land in the history table. In
 // auto mode, a crunch in the guest sends it to the cloud, and the decision log says why.
 // Screenshots of the main states go to test-results/ (git-ignored); one is kept as docs/ui.png
 // (SNOWBIRD_UPDATE_SCREENSHOTS=1 refreshes it).
-import { after, before, describe, test } from 'node:test';
+import { test } from '@playwright/test';
 import assert from 'node:assert/strict';
 import { access, copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from '@playwright/test';
+import { keepOnFailure } from './support.ts';
 import { WebSocket } from 'ws';
-import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT, runCli } from '../support/fixtures.ts';
-import { canvasSnapshot, serialLog, waitUntil } from '../support/display.ts';
-import type { VmPaths } from '../../src/migrator/qemu/common/spec.ts';
-import { agentStatusSchema, localResponseSchema, uiPushSchema } from '../../src/shared/local-api.ts';
+import { AgentPair } from '../test/support/agents.ts';
+import { REPO_ROOT, runCli } from '../test/support/fixtures.ts';
+import { canvasSnapshot, serialLog, waitUntil } from '../test/support/display.ts';
+import type { VmPaths } from '../src/migrator/qemu/common/spec.ts';
+import { agentStatusSchema, localResponseSchema, uiPushSchema } from '../src/shared/local-api.ts';
 
 const RESULTS = join(REPO_ROOT, 'test-results');
-
-async function launchChromium(): Promise<Browser> {
-  return chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-}
 
 /** The URL `snowbird open` prints (without opening a browser). */
 async function uiUrl(pair: AgentPair): Promise<string> {
@@ -101,25 +95,26 @@ interface Watch {
 
 const VM = 'appvm';
 
-describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000 }, () => {
+test.describe.serial('the app in a browser: display, moves, history', () => {
   let pair: AgentPair | undefined;
   let browser: Browser | undefined;
   let page: Page;
   let url: string;
   const problems: string[] = [];
 
-  before(async () => {
+  test.beforeAll(async ({ browser: shared }) => {
+    browser = shared;
     await mkdir(RESULTS, { recursive: true });
     pair = await AgentPair.start();
     // Busy as `snowbird vm create` makes it: its checker rewrites 64 MiB, faster than pre-copy carries it on loopback here.
     await pair.createVmAtEdge(VM, { memWorkloadMiB: 64 });
     await pair.waitGuestReady(VM);
     url = await uiUrl(pair);
-    browser = await launchChromium();
   });
+  keepOnFailure(() => page);
 
-  after(async () => {
-    await browser?.close().catch(() => undefined);
+  test.afterAll(async () => {
+    await page?.context().close().catch(() => undefined);
     await pair?.dispose();
   });
 
@@ -319,23 +314,22 @@ describe('the app in a browser: display, moves, history', { timeout: 25 * 60_000
   });
 });
 
-describe('the app in auto mode: a crunch goes to the cloud, and the decision log says why', { timeout: 20 * 60_000 }, () => {
+test.describe.serial('the app in auto mode: a crunch goes to the cloud, and the decision log says why', () => {
   const AUTO_VM = 'autovm';
   let pair: AgentPair | undefined;
   let browser: Browser | undefined;
 
-  before(async () => {
+  test.beforeAll(async ({ browser: shared }) => {
+    browser = shared;
     pair = await AgentPair.start({ autoPlacement: true });
     await pair.createVmAtEdge(AUTO_VM);
     await pair.waitGuestReady(AUTO_VM);
     // A quiet guest: its integrity workloads would read as a crunch of their own.
     await pair.guestCommand(AUTO_VM, { type: 'mem-stop' });
     await pair.guestCommand(AUTO_VM, { type: 'disk-stop' });
-    browser = await launchChromium();
   });
 
-  after(async () => {
-    await browser?.close().catch(() => undefined);
+  test.afterAll(async () => {
     await pair?.dispose();
   });
 

@@ -1,6 +1,6 @@
 // The Electron shell end to end: two real agents (test/support/agents.ts) with the demo guest at the
 // edge, and the built shell (dist/electron/, built here; dist/ui/ from `npm run build:ui`) launched
-// through playwright-core's Electron driver against the edge agent's data directory. The window loads
+// through Playwright's Electron driver against the edge agent's data directory. The window loads
 // the app from app://snowbird/ with the secure settings (no Node in the page, only `window.snowbird`),
 // cannot navigate, open windows or fetch beyond the CSP, shows the VM's badge, screen and samples
 // through the IPC bridge, and a move started from it reaches the cloud.
@@ -8,7 +8,7 @@
 // Runs only where the Electron binary is present: Electron downloads it on first launch, and these
 // machines have no network. It is found as node_modules/electron/index.js finds it, minus the download
 // (findElectronBinary, which `npm start` uses too).
-import { after, before, describe, test } from 'node:test';
+import { test } from '@playwright/test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -16,11 +16,11 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { _electron as electron, type ElectronApplication, type Page } from 'playwright-core';
-import { AgentPair } from '../support/agents.ts';
-import { REPO_ROOT } from '../support/fixtures.ts';
-import { findElectronBinary } from '../../src/main/app-launcher.ts';
-import { canvasSnapshot, waitUntil } from '../support/display.ts';
+import { _electron as electron, type ElectronApplication, type Page } from '@playwright/test';
+import { AgentPair } from '../test/support/agents.ts';
+import { REPO_ROOT } from '../test/support/fixtures.ts';
+import { findElectronBinary } from '../src/main/app-launcher.ts';
+import { canvasSnapshot, waitUntil } from '../test/support/display.ts';
 
 const RESULTS = join(REPO_ROOT, 'test-results');
 const APP_URL = 'app://snowbird/index.html';
@@ -39,7 +39,8 @@ function run(script: string): void {
 const attr = (page: Page, testId: string, name: string): Promise<string | null> =>
   page.getByTestId(testId).first().getAttribute(name, { timeout: 5_000 }).catch(() => null);
 
-describe('the Electron shell: the app in its own window, over the local API', { skip: SKIP, timeout: 15 * 60_000 }, () => {
+test.describe.serial('the Electron shell: the app in its own window, over the local API', () => {
+  test.skip(SKIP !== false, SKIP || '');
   let pair: AgentPair | undefined;
   let shell: ElectronApplication | undefined;
   let page: Page;
@@ -49,7 +50,7 @@ describe('the Electron shell: the app in its own window, over the local API', { 
   const problems: string[] = [];
   const refusals: string[] = [];
 
-  before(async () => {
+  test.beforeAll(async () => {
     await mkdir(RESULTS, { recursive: true });
     if (!existsSync(join(REPO_ROOT, 'dist', 'ui', 'index.html'))) run('build-ui.ts');
     run('build-electron.ts');
@@ -76,7 +77,7 @@ describe('the Electron shell: the app in its own window, over the local API', { 
     });
   });
 
-  after(async () => {
+  test.afterAll(async () => {
     await shell?.close().catch(() => undefined);
     await pair?.dispose();
     if (configDir !== undefined) await rm(configDir, { recursive: true, force: true });
