@@ -1,7 +1,8 @@
 // The app's end-to-end tests (e2e/): Playwright's runner with Debian's Chromium (`npx playwright
 // install` cannot download browsers on these machines), one worker (each spec runs two agents and
 // QEMU guests under TCG on two cores), traces and screenshots kept for failed tests in
-// test-results/e2e/, and a JSON report that `npm test` counts.
+// test-results/e2e/ (also of the pages a serial describe shares: they come from the `browser`
+// fixture), and a JSON report that `npm test` counts.
 import { defineConfig } from '@playwright/test';
 
 export default defineConfig({

@@ -10,7 +10,6 @@ import assert from 'node:assert/strict';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Page } from '@playwright/test';
-import { keepOnFailure } from './support.ts';
 import { AgentPair } from '../test/support/agents.ts';
 import { REPO_ROOT, runCli } from '../test/support/fixtures.ts';
 import { waitUntil } from '../test/support/display.ts';
@@ -53,7 +52,6 @@ test.describe.serial('the settings file and the app\'s Settings panel', () => {
     });
     assert.equal((await page.goto(open.stdout.trim()))?.status(), 200);
   });
-  keepOnFailure(() => page);
 
   test.afterAll(async () => {
     await page?.context().close().catch(() => undefined);

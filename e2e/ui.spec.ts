@@ -11,7 +11,6 @@ import assert from 'node:assert/strict';
 import { access, copyFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Browser, Page } from '@playwright/test';
-import { keepOnFailure } from './support.ts';
 import { WebSocket } from 'ws';
 import { AgentPair } from '../test/support/agents.ts';
 import { REPO_ROOT, runCli } from '../test/support/fixtures.ts';
@@ -111,7 +110,6 @@ test.describe.serial('the app in a browser: display, moves, history', () => {
     await pair.waitGuestReady(VM);
     url = await uiUrl(pair);
   });
-  keepOnFailure(() => page);
 
   test.afterAll(async () => {
     await page?.context().close().catch(() => undefined);
