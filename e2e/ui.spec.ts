@@ -70,13 +70,15 @@ async function typeAndSee(page: Page, paths: VmPaths, word: string, timeoutMs = 
 
 /** Records, in the page, every change of the progress bar and of the display's state (the test reads window.__watch). */
 const WATCH = `(() => {
-  const w = (window.__watch = { progress: [], display: [], locations: [] });
+  const w = (window.__watch = { progress: [], display: [], locations: [], startingAfterProgress: false });
   const seen = () => {
     const p = document.querySelector('[data-testid=progress]');
     if (p) {
       const entry = p.dataset.phase + ':' + p.dataset.bytes;
       if (w.progress.at(-1) !== entry) w.progress.push(entry);
     }
+    const text = document.querySelector('[data-testid=progress-text]');
+    if (text && w.progress.length > 0 && text.textContent.startsWith('Starting the move')) w.startingAfterProgress = true;
     const d = document.querySelector('[data-testid=display-state]');
     if (d && w.display.at(-1) !== d.dataset.state) w.display.push(d.dataset.state);
     const l = document.querySelector('[data-testid=location]');
@@ -90,6 +92,8 @@ interface Watch {
   progress: string[];
   display: string[];
   locations: string[];
+  /** The panel went back to "Starting the move…" after it had shown progress (it flashed after commit). */
+  startingAfterProgress: boolean;
 }
 
 const VM = 'appvm';
@@ -207,6 +211,12 @@ test.describe.serial('the app in a browser: display, moves, history', () => {
     const phases = new Set(watch.progress.map((e) => e.split(':')[0]));
     const maxBytes = Math.max(...watch.progress.map((e) => Number(e.split(':')[1])));
     assert.ok(phases.size >= 2 && maxBytes > 0, `progress readings: ${JSON.stringify(watch.progress)}`);
+    // One progress model: the bytes never fall, the phases only go forward, no "Starting…" once it moved.
+    const bytes = watch.progress.map((e) => Number(e.split(':')[1]));
+    assert.deepEqual(bytes, [...bytes].sort((a, b) => a - b), `bytes went backwards: ${JSON.stringify(watch.progress)}`);
+    const order = watch.progress.map((e) => ['plan', 'prepare', 'disk', 'memory', 'switchover', 'commit'].indexOf(e.split(':')[0] ?? ''));
+    assert.deepEqual(order, [...order].sort((a, b) => a - b), `phases went backwards: ${JSON.stringify(watch.progress)}`);
+    assert.equal(watch.startingAfterProgress, false, '"Starting the move…" came back after progress was shown');
     assert.ok(!watch.display.includes('disconnected'), `display states: ${JSON.stringify(watch.display)}`);
     assert.equal(await attr(page, 'display-state', 'data-connects'), '1');
     assert.equal(await attr(page, 'display-state', 'data-disconnects'), '0');
@@ -362,10 +372,11 @@ test.describe.serial('the app in auto mode: a crunch goes to the cloud, and the 
     assert.match(await history.first().innerText(), /policy/);
     assert.match((await history.first().locator('td.has-reasons').first().getAttribute('title')) ?? '', /crunch/);
     // The figures stay in view with a policy row, at 1280 px as at 1920: no sideways scroll.
-    for (const width of [1280, 1920]) {
-      await page.setViewportSize({ width, height: 720 });
+    for (const [width, height] of [[1280, 720], [1920, 1080]] as const) {
+      await page.setViewportSize({ width, height });
       const overflow = await page.locator('[data-testid=history] table').evaluate((t) => t.scrollWidth - t.clientWidth);
       assert.ok(overflow <= 1, `at ${width} px the history table scrolls sideways by ${overflow} px`);
+      await page.screenshot({ path: join(RESULTS, `ui-${width}.png`), fullPage: true });
     }
     await page.setViewportSize({ width: 1400, height: 1000 });
     // A pin from the page: keep-edge brings it home.
