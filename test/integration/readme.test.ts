@@ -59,7 +59,14 @@ describe('the README\'s commands', { timeout: 20 * 60_000 }, () => {
   });
 
   after(async () => {
-    if (start?.exitCode === null && start.pid !== undefined) process.kill(-start.pid, 'SIGKILL');
+    // npm start's process group, if anything of it still runs (a failed test never sent its Ctrl-C).
+    if (start?.pid !== undefined) {
+      try {
+        process.kill(-start.pid, 'SIGKILL');
+      } catch {
+        // the group is gone
+      }
+    }
     // Whatever still runs under the scratch directory (QEMU is daemonized): its pid files say.
     for (const dir of [join(scratch, 'data'), join(scratch, 'data', 'embedded-core')]) {
       for (const vm of await readdir(join(dir, 'vms')).catch(() => [])) {
