@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import type { Browser, Page } from '@playwright/test';
 import { WebSocket } from 'ws';
 import { AgentPair } from '../test/support/agents.ts';
-import { REPO_ROOT, runCli } from '../test/support/fixtures.ts';
+import { qemusUnder, REPO_ROOT, runCli } from '../test/support/fixtures.ts';
 import { canvasSnapshot, serialLog, waitUntil } from '../test/support/display.ts';
 import type { VmPaths } from '../src/migrator/qemu/common/spec.ts';
 import { agentStatusSchema, localResponseSchema, uiPushSchema } from '../src/shared/local-api.ts';
@@ -280,6 +280,8 @@ test.describe.serial('the app in a browser: display, moves, history', () => {
     assert.match(await notice.innerText(), /Send to cloud cancelled.*appvm stayed at the laptop: the move was cancelled during/);
     assert.equal(await page.locator('[data-testid=errors] .error').count(), 0);
     await waitUntil('the badge to say edge', async () => (await attr(page, 'location', 'data-location')) === 'edge', 30_000);
+    // Nothing of the move is left at the core, even a QEMU it was still starting when the cancel came.
+    await waitUntil('no QEMU left at the core', async () => (await qemusUnder(join(p().root, 'core'))).length === 0, 30_000);
     const rows = page.locator('[data-testid=history] tbody tr');
     await waitUntil('the cancelled move in the history table', async () => (await rows.first().getAttribute('data-outcome')) === 'cancelled', 20_000);
     assert.match(await rows.first().innerText(), /cancelled in/);

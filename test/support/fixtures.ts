@@ -2,7 +2,7 @@
 // and a booted VM with its control channel. Everything a fixture starts is torn down by `dispose`,
 // which tests call from `after` hooks so it runs pass or fail.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawn } from 'node:child_process';
@@ -131,4 +131,17 @@ export class GuestHealth {
       channel.close();
     }
   }
+}
+
+/** Pids of the QEMU processes whose command line names a path under `dir` (pid files or not). */
+export async function qemusUnder(dir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.startsWith('/usr/bin/qemu-system') || cmdline.includes('qemu-system-x86_64\0')) {
+      if (cmdline.split('\0').some((arg) => arg.includes(dir))) pids.push(Number(entry));
+    }
+  }
+  return pids;
 }

@@ -168,7 +168,11 @@ export class MigrationDestination implements DestinationSite {
       sockets: [nbdSocket, migrationSocket],
       spec,
     });
-    const entry: Incoming = { journal, vm: undefined, lock: Promise.resolve() };
+    // The entry is locked until prepare ends: an abort that arrives meanwhile (the source cancelled
+    // while its prepare call was out) waits, then tears down the QEMU prepare started. Without the
+    // lock it removed the journal and pid file before QEMU existed, and QEMU was orphaned.
+    const preparing = Promise.withResolvers<undefined>();
+    const entry: Incoming = { journal, vm: undefined, lock: preparing.promise };
     this.#incoming.set(migrationId, entry);
     try {
       await mkdir(vmDir, { recursive: true, mode: 0o700 });
@@ -190,6 +194,8 @@ export class MigrationDestination implements DestinationSite {
     } catch (error) {
       await this.#teardown(entry).catch(() => undefined);
       throw new DestinationError(`could not prepare VM "${name}" to arrive: ${(error as Error).message}`, { cause: error });
+    } finally {
+      preparing.resolve(undefined);
     }
   }
 
