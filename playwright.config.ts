@@ -21,6 +21,8 @@ export default defineConfig({
       args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     },
     viewport: { width: 1400, height: 1000 },
+    // A locator that finds nothing fails within a minute instead of holding the test to its timeout.
+    actionTimeout: 60_000,
     trace: 'retain-on-failure',
     screenshot: 'only-on-failure',
   },

@@ -376,7 +376,7 @@ test.describe.serial('the app in auto mode: a crunch goes to the cloud, and the 
     // The figures stay in view with a policy row, at 1280 px as at 1920: no sideways scroll.
     for (const [width, height] of [[1280, 720], [1920, 1080]] as const) {
       await page.setViewportSize({ width, height });
-      const overflow = await page.locator('[data-testid=history] table').evaluate((t) => t.scrollWidth - t.clientWidth);
+      const overflow = await page.getByTestId('history').evaluate((t) => t.scrollWidth - t.clientWidth);
       assert.ok(overflow <= 1, `at ${width} px the history table scrolls sideways by ${overflow} px`);
       await page.screenshot({ path: join(RESULTS, `ui-${width}.png`), fullPage: true });
     }
