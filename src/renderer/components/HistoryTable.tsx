@@ -2,7 +2,7 @@
 // pause, what crossed the link, and how the memory went (the strategy; through dedup, its raw size →
 // what crossed the link, and why dedup was or was not used on hover).
 import { useUi } from '../hooks.ts';
-import { formatDateTime, formatMs, recordBytes, SITE_NAMES } from '../format.ts';
+import { formatClock, formatDateTime, formatMs, recordBytes, SITE_NAMES } from '../format.ts';
 import { formatBytes, formatStrategy } from '../../shared/format.ts';
 
 export function HistoryTable({ vm }: { vm: string }) {
@@ -29,7 +29,10 @@ export function HistoryTable({ vm }: { vm: string }) {
           <tbody>
             {records.map((r) => (
               <tr key={r.migrationId} data-to={r.to} data-outcome={r.outcome} className={r.outcome === 'aborted' ? 'failed' : ''}>
-                <td className="nowrap">{formatDateTime(Date.parse(r.startedAt))}</td>
+                {/* Today's moves show the time alone (the date on hover): the figures' columns keep their room at 1280 px. */}
+                <td className="nowrap" title={formatDateTime(Date.parse(r.startedAt))}>
+                  {isToday(Date.parse(r.startedAt)) ? formatClock(Date.parse(r.startedAt)) : formatDateTime(Date.parse(r.startedAt))}
+                </td>
                 <td className="nowrap">
                   {SITE_NAMES[r.from]} → {SITE_NAMES[r.to]}
                 </td>
@@ -59,4 +62,8 @@ export function HistoryTable({ vm }: { vm: string }) {
       )}
     </section>
   );
+}
+
+function isToday(at: number): boolean {
+  return new Date(at).toDateString() === new Date().toDateString();
 }
