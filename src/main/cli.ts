@@ -18,7 +18,7 @@ import type { VmStopReply } from '../shared/local-api.ts';
 import { nextProgressView, type ProgressView } from '../shared/progress.ts';
 import { runAgent } from './agent.ts';
 import { openInBrowser, type OpenedIn } from './app-launcher.ts';
-import { start } from './start.ts';
+import { holdsDisk, start } from './start.ts';
 import { embeddedCoreDataDir } from './embedded-core.ts';
 import { DEDUP_MODES, MEMORY_STRATEGIES, type DedupMode, type MemoryStrategy, type SiteRole } from '../shared/migration.ts';
 import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
@@ -109,6 +109,12 @@ vm.command('start')
     const { result: now } = await withAgentOrAlone(command, (client) => client.request({ cmd: 'vm-status', vm: name }), () => vmStatus(library(command), name));
     if (now.moving) throw new Error(`VM "${name}" is moving ${now.moving.from} → ${now.moving.to}; it already runs`);
     if (now.state !== 'stopped') throw new Error(`VM "${name}" already runs at the ${now.site} (${now.state}); \`snowbird vm status ${name}\` shows it`);
+    if (!(await holdsDisk(library(command), name))) {
+      // It stopped at the core, where its disk's top is: the agent boots it there.
+      const there = await withAgent(command, (client) => client.request({ cmd: 'vm-start', vm: name }));
+      process.stdout.write(`VM "${name}" is running at the ${there.site}, where it stopped (QEMU pid ${there.pid}); \`snowbird migrate ${name} --to edge\` brings it back\n`);
+      return;
+    }
     const result = await startVm(library(command), name, { paused: opts.paused, waitReady: opts.wait && !opts.paused });
     process.stdout.write(
       `VM "${name}" is ${opts.paused ? 'paused' : 'running'} (QEMU pid ${result.pid}, ${result.accel.accel}: ${result.accel.reason})\n` +
@@ -172,7 +178,7 @@ vm.command('status')
   .option('--sample <seconds>', 'how long to listen for the guest\'s heartbeats', positiveInt, 3)
   .action(async (name: string, opts: { json: boolean; sample: number }, command: Command) => {
     const sampleMs = opts.sample * 1000;
-    const { result: report } = await withAgentOrAlone(command, (client) => client.request({ cmd: 'vm-status', vm: name, sampleMs }), () => vmStatus(library(command), name, { sampleMs }));
+    const { result: report } = await withAgentOrAlone(command, (client) => client.request({ cmd: 'vm-status', vm: name, sampleMs }), () => statusWithoutAgent(library(command), name, sampleMs));
     if (opts.json) return printJson(report);
     const lines = [
       `VM ${report.name}: ${report.state}${report.qemuStatus ? ` (QEMU: ${report.qemuStatus})` : ''} at the ${report.site}${report.moving ? `, moving ${report.moving.from} → ${report.moving.to} (${report.moving.phase})` : ''}`,
@@ -246,6 +252,15 @@ async function stopWithoutAgent(lib: VmLibrary, name: string, options: { force: 
   const embedded = new VmLibrary(embeddedCoreDataDir(lib.dataDir));
   if ((await embedded.exists(name)) && (await stopVm(embedded, name, options)) === 'stopped') return { outcome: 'stopped', site: 'core' };
   return { outcome: 'not-running', site: await lib.siteRole() };
+}
+
+/** `vm status` with no agent running: here, or at the embedded core on this machine (its QEMU outlives `npm start`). */
+async function statusWithoutAgent(lib: VmLibrary, name: string, sampleMs: number): Promise<VmStatusReport> {
+  const here = await vmStatus(lib, name, { sampleMs });
+  if (here.state !== 'stopped') return here;
+  const embedded = new VmLibrary(embeddedCoreDataDir(lib.dataDir));
+  const there = (await embedded.exists(name)) ? await vmStatus(embedded, name, { sampleMs }) : undefined;
+  return there !== undefined && there.state !== 'stopped' ? there : here;
 }
 
 /** Through the running agent when there is one (`live`), else `alone` on this data directory. */

@@ -78,7 +78,11 @@ export async function start(options: StartOptions): Promise<Started> {
     try {
       step(5, `booting "${options.vm}" where it left off`);
       const where = (await client.request({ cmd: 'status' })).vms.find((v) => v.name === options.vm)?.location ?? 'stopped';
-      if (where === 'stopped') {
+      if (where === 'stopped' && !(await holdsDisk(library, options.vm))) {
+        // It stopped at the core, where its disk's top is: it boots there (Bring back moves it).
+        const booted = await client.request({ cmd: 'vm-start', vm: options.vm });
+        log(`      running at the ${booted.site}, where it stopped (QEMU pid ${booted.pid})`);
+      } else if (where === 'stopped') {
         const booted = await startVm(library, options.vm, { waitReady: true });
         log(`      running at the edge (QEMU pid ${booted.pid}, ${booted.accel.accel}), guest ready after ${booted.readySeconds?.toFixed(1)} s`);
       } else {
@@ -94,4 +98,9 @@ export async function start(options: StartOptions): Promise<Started> {
     await agent?.close();
     throw error;
   }
+}
+
+/** Whether this site holds the VM's current disk: it last ran here (a move to the core leaves none). */
+export async function holdsDisk(library: VmLibrary, vm: string): Promise<boolean> {
+  return pathExists((await library.load(vm)).disk);
 }

@@ -5,6 +5,7 @@ import type { PeerLink } from '../migrator/link/index.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import type { SiteRole } from '../shared/migration.ts';
 import { open } from 'node:fs/promises';
+import { pathExists } from '../migrator/local-io.ts';
 import { CONSOLE_CHUNK_BYTES, type CancelReply, type VmConsoleReply, type VmStartReply, type VmStopReply } from '../shared/local-api.ts';
 import type { VmStatusReport } from '../shared/vm-status.ts';
 import { LocalApiError } from './local-api/server.ts';
@@ -37,6 +38,7 @@ export class VmSites {
   /** The peer side: the other site asks about, or stops, a VM that runs here. */
   attach(link: PeerLink): void {
     link.handle('vm.status', peerMethods['vm.status'], (p) => this.#local(p.vm, p.sampleMs));
+    link.handle('vm.start', peerMethods['vm.start'], (p) => this.#startHere(p.vm));
     link.handle('vm.console', peerMethods['vm.console'], (p) => this.#localConsole(p.vm, p.offset));
     link.handle('vm.stop', peerMethods['vm.stop'], async (p) => ({ outcome: await stopVm(this.#deps.library, p.vm, p) }));
   }
@@ -79,9 +81,28 @@ export class VmSites {
     const now = await this.status(vm, 0);
     if (now.moving !== undefined) throw new LocalApiError('moving', `VM "${vm}" is moving ${now.moving.from} → ${now.moving.to}: it runs already`);
     if (now.state !== 'stopped') throw new LocalApiError('running', `VM "${vm}" already runs at the ${now.site}`);
+    // A VM stopped at the core has its disk's top there (the edge's became a shared layer when it
+    // left): it boots where it stopped; "Bring back" moves it afterwards.
+    const core = this.#remote();
+    if (!(await this.#holdsTop(vm)) && core !== undefined) {
+      const there = await core.request<VmStartReply>('vm.start', { vm }, { timeoutMs: 60_000 });
+      await this.#deps.changed();
+      return there;
+    }
+    return this.#startHere(vm);
+  }
+
+  async #startHere(vm: string): Promise<VmStartReply> {
+    if (!(await this.#holdsTop(vm))) throw new LocalApiError('no-disk', `VM "${vm}" has no disk at the ${this.#deps.role}: it last ran at the other site; start it there (through the edge agent, with the core connected)`);
     const started = await startVm(this.#deps.library, vm, { waitReady: false });
     await this.#deps.changed();
     return { site: this.#deps.role, pid: started.pid };
+  }
+
+  /** Whether this site holds the VM's current disk (its top), i.e. the VM last ran here. */
+  async #holdsTop(vm: string): Promise<boolean> {
+    if (!(await this.#deps.library.exists(vm))) return false;
+    return pathExists((await this.#deps.library.load(vm)).disk);
   }
 
   async stop(vm: string, options: { force: boolean; graceMs: number; cancelMove: boolean }): Promise<VmStopReply> {

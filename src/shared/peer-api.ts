@@ -64,6 +64,8 @@ export const peerMethods = {
   'vm.status': z.object({ vm: safeId, sampleMs: z.number().int().nonnegative().max(30_000) }),
   /** Edge → core: `snowbird vm console` of a VM that runs at the core: its serial log from `offset`. */
   'vm.console': z.object({ vm: safeId, offset: z.number().int().nonnegative() }),
+  /** Edge → core: boot a VM that stopped at the core (its disk's top is there). */
+  'vm.start': z.object({ vm: safeId }),
   /** Edge → core: `snowbird vm stop` of a VM that runs at the core. */
   'vm.stop': z.object({ vm: safeId, force: z.boolean(), graceMs: z.number().int().positive().max(600_000) }),
   /** Either way: the VMs this site runs. */
