@@ -128,7 +128,7 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
       });
     }
 
-    test('vm stop stops it at the core, through the edge agent', async () => {
+    test('vm stop stops it at the core, through the edge agent; vm start boots it there again', async () => {
       if (!(await qemuAlive(pair.coreLibrary, vm))) assert.equal((await migrate(pair, vm, 'core')).outcome, 'committed');
       const stop = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'stop', vm]);
       assert.equal(stop.code, 0, stop.stderr);
@@ -137,6 +137,12 @@ describe('busy VMs move with the default strategy, between two agents', { timeou
       assert.equal(await qemuAlive(pair.edgeLibrary, vm), false);
       const status = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'status', vm, '--json']);
       assert.equal((JSON.parse(status.stdout) as { state: string }).state, 'stopped');
+      // Its disk's top is at the core now: it boots there, where it stopped.
+      const start = await runCli(['--data', pair.edgeLibrary.dataDir, 'vm', 'start', vm]);
+      assert.equal(start.code, 0, start.stderr);
+      assert.match(start.stdout, /VM "busy256" is running at the core, where it stopped/);
+      assert.equal(await qemuAlive(pair.coreLibrary, vm), true);
+      assert.equal(await qemuAlive(pair.edgeLibrary, vm), false);
     });
   });
 });
