@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import { buildGuest, findBuiltGuest, GuestBuildError } from '../../guest/build.ts';
 import { VmLibrary } from './vm-library.ts';
 import { defaultDataDir } from './local-api/paths.ts';
-import { pauseVm, startVm, stopVm, vmStatus, type VmStatusReport } from './vm-service.ts';
+import { holdsDisk, pauseVm, startVm, stopVm, vmStatus, type VmStatusReport } from './vm-service.ts';
 import { formatStrategy } from '../shared/format.ts';
 import { formatIntegrity, formatLinkBytes, formatMigrationSummary, formatMs, formatProgress, formatTable } from './format.ts';
 import { LocalApiClient, LocalApiUnavailableError } from './local-api/client.ts';
@@ -18,7 +18,7 @@ import type { VmStopReply } from '../shared/local-api.ts';
 import { nextProgressView, type ProgressView } from '../shared/progress.ts';
 import { runAgent } from './agent.ts';
 import { openInBrowser, type OpenedIn } from './app-launcher.ts';
-import { holdsDisk, start } from './start.ts';
+import { start } from './start.ts';
 import { embeddedCoreDataDir } from './embedded-core.ts';
 import { DEDUP_MODES, MEMORY_STRATEGIES, type DedupMode, type MemoryStrategy, type SiteRole } from '../shared/migration.ts';
 import { PLACEMENT_MODES, policyParamsSchema, type PlacementMode } from '../shared/placement.ts';
@@ -161,10 +161,16 @@ vm.command('list')
   .option('--json', 'print JSON for scripts', false)
   .action(async (opts: { json: boolean }, command: Command) => {
     const lib = library(command);
-    const reports: VmStatusReport[] = [];
     // Through the agent: VMs at the core too, where they run.
-    const { result: names } = await withAgentOrAlone(command, async (client) => (await client.request({ cmd: 'status' })).vms.map((v) => v.name), () => lib.list());
-    for (const name of names) reports.push((await withAgentOrAlone(command, (client) => client.request({ cmd: 'vm-status', vm: name }), () => vmStatus(lib, name))).result);
+    const { result: reports } = await withAgentOrAlone(
+      command,
+      async (client) => {
+        const found: VmStatusReport[] = [];
+        for (const { name } of (await client.request({ cmd: 'status' })).vms) found.push(await client.request({ cmd: 'vm-status', vm: name }));
+        return found;
+      },
+      async () => Promise.all((await lib.list()).map((name) => vmStatus(lib, name))),
+    );
     if (opts.json) return printJson(reports);
     if (reports.length === 0) return void process.stdout.write(`no VMs in ${lib.dataDir}; create one with 'snowbird vm create demo'\n`);
     process.stdout.write(formatTable(['NAME', 'STATE', 'SITE', 'PID', 'ACCEL', 'MEMORY', 'VCPUS'],
@@ -196,46 +202,39 @@ vm.command('console')
   .option('-f, --follow', 'keep printing new output until interrupted', false)
   .action(async (name: string, opts: { follow: boolean }, command: Command) => {
     // Through the agent: the console of a VM at the core comes from the core.
-    let client: LocalApiClient | undefined;
-    try {
-      client = await LocalApiClient.connect(agentSocket(command));
-    } catch (error) {
-      if (!(error instanceof LocalApiUnavailableError)) throw error;
-    }
-    if (client !== undefined) {
-      const agent = client;
-      let stopped = false;
-      process.once('SIGINT', () => (stopped = true));
-      try {
+    await withAgentOrAlone(
+      command,
+      async (client) => {
+        let stopped = false;
+        process.once('SIGINT', () => (stopped = true));
         for (let offset = 0; !stopped; ) {
-          const chunk = await agent.request({ cmd: 'vm-console', vm: name, offset });
+          const chunk = await client.request({ cmd: 'vm-console', vm: name, offset });
           process.stdout.write(chunk.text);
           const more = chunk.next > offset;
           offset = chunk.next;
           if (!more && !opts.follow) break;
           if (!more) await new Promise((resolve) => setTimeout(resolve, 1000));
         }
-      } finally {
-        agent.close();
-      }
-      return;
-    }
-    const log = library(command).paths(name).serialLog;
-    let offset = 0;
-    const printNew = async (): Promise<void> => {
-      const text = await readFile(log).catch(() => Buffer.alloc(0));
-      if (text.length > offset) process.stdout.write(text.subarray(offset));
-      offset = text.length;
-    };
-    await stat(log).catch(() => {
-      throw new Error(`VM "${name}" has no console log yet (${log}); start it with 'snowbird vm start ${name}'`);
-    });
-    await printNew();
-    if (opts.follow) {
-      const watcher = watch(log, () => void printNew());
-      await new Promise<void>((done) => process.once('SIGINT', () => done()));
-      watcher.close();
-    }
+      },
+      async () => {
+        const log = library(command).paths(name).serialLog;
+        let offset = 0;
+        const printNew = async (): Promise<void> => {
+          const text = await readFile(log).catch(() => Buffer.alloc(0));
+          if (text.length > offset) process.stdout.write(text.subarray(offset));
+          offset = text.length;
+        };
+        await stat(log).catch(() => {
+          throw new Error(`VM "${name}" has no console log yet (${log}); start it with 'snowbird vm start ${name}'`);
+        });
+        await printNew();
+        if (opts.follow) {
+          const watcher = watch(log, () => void printNew());
+          await new Promise<void>((done) => process.once('SIGINT', () => done()));
+          watcher.close();
+        }
+      },
+    );
   });
 
 

@@ -10,7 +10,7 @@ import { localApiSocket } from './local-api/paths.ts';
 import { ELECTRON_MAIN, findElectronBinary, openApp, type OpenedIn } from './app-launcher.ts';
 import { LocalApiClient } from './local-api/client.ts';
 import { DEFAULT_UI_ROOT } from './ui-server.ts';
-import { startVm } from './vm-service.ts';
+import { holdsDisk, startVm } from './vm-service.ts';
 import type { VmLibrary } from './vm-library.ts';
 
 const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
@@ -98,9 +98,4 @@ export async function start(options: StartOptions): Promise<Started> {
     await agent?.close();
     throw error;
   }
-}
-
-/** Whether this site holds the VM's current disk: it last ran here (a move to the core leaves none). */
-export async function holdsDisk(library: VmLibrary, vm: string): Promise<boolean> {
-  return pathExists((await library.load(vm)).disk);
 }

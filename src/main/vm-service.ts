@@ -4,6 +4,7 @@ import { VmHandle } from '../migrator/qemu/vm.ts';
 import { GuestChannel } from '../migrator/qemu/guest-channel.ts';
 import { resolveAccel, type AccelDecision } from '../migrator/qemu/accel.ts';
 import { isAlive } from '../migrator/qemu/process-info.ts';
+import { pathExists } from '../migrator/local-io.ts';
 import { emptyIntegrity, type IntegritySummary } from '../migrator/qemu/common/integrity.ts';
 import type { VmStatusReport } from '../shared/vm-status.ts';
 
@@ -143,4 +144,9 @@ export async function pauseVm(library: VmLibrary, name: string, pause: boolean):
   } finally {
     await vm.detach();
   }
+}
+
+/** Whether this site holds the VM's current disk (its top): it last ran here (a move away leaves none). */
+export async function holdsDisk(library: VmLibrary, name: string): Promise<boolean> {
+  return (await library.exists(name)) && pathExists((await library.load(name)).disk);
 }

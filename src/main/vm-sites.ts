@@ -1,17 +1,17 @@
-// `vm status` and `vm stop` wherever the VM runs: the agent answers for its own site and, at the
-// edge, asks the core (peer methods vm.status and vm.stop) for a VM that runs there. A VM that is
-// moving is never stopped under the move: the caller waits, or asks to cancel the move first.
+// `vm status`, `start`, `stop` and `console` wherever the VM runs: the agent answers for its own site
+// and, at the edge, asks the core (peer methods vm.status, vm.start, vm.stop, vm.console) for a VM
+// that runs or stopped there. A VM that is moving is never stopped under the move: the caller waits,
+// or asks to cancel the move first.
 import type { PeerLink } from '../migrator/link/index.ts';
 import { peerMethods } from '../shared/peer-api.ts';
 import type { SiteRole } from '../shared/migration.ts';
 import { open } from 'node:fs/promises';
-import { pathExists } from '../migrator/local-io.ts';
 import { CONSOLE_CHUNK_BYTES, type CancelReply, type VmConsoleReply, type VmStartReply, type VmStopReply } from '../shared/local-api.ts';
 import type { VmStatusReport } from '../shared/vm-status.ts';
 import { LocalApiError } from './local-api/server.ts';
 import type { AgentStore } from './store.ts';
 import type { VmLibrary } from './vm-library.ts';
-import { startVm, stopVm, vmStatus } from './vm-service.ts';
+import { holdsDisk, startVm, stopVm, vmStatus } from './vm-service.ts';
 
 export interface VmSitesDeps {
   role: SiteRole;
@@ -84,7 +84,7 @@ export class VmSites {
     // A VM stopped at the core has its disk's top there (the edge's became a shared layer when it
     // left): it boots where it stopped; "Bring back" moves it afterwards.
     const core = this.#remote();
-    if (!(await this.#holdsTop(vm)) && core !== undefined) {
+    if (!(await holdsDisk(this.#deps.library, vm)) && core !== undefined) {
       const there = await core.request<VmStartReply>('vm.start', { vm }, { timeoutMs: 60_000 });
       await this.#deps.changed();
       return there;
@@ -93,16 +93,10 @@ export class VmSites {
   }
 
   async #startHere(vm: string): Promise<VmStartReply> {
-    if (!(await this.#holdsTop(vm))) throw new LocalApiError('no-disk', `VM "${vm}" has no disk at the ${this.#deps.role}: it last ran at the other site; start it there (through the edge agent, with the core connected)`);
+    if (!(await holdsDisk(this.#deps.library, vm))) throw new LocalApiError('no-disk', `VM "${vm}" has no disk at the ${this.#deps.role}: it last ran at the other site; start it there (through the edge agent, with the core connected)`);
     const started = await startVm(this.#deps.library, vm, { waitReady: false });
     await this.#deps.changed();
     return { site: this.#deps.role, pid: started.pid };
-  }
-
-  /** Whether this site holds the VM's current disk (its top), i.e. the VM last ran here. */
-  async #holdsTop(vm: string): Promise<boolean> {
-    if (!(await this.#deps.library.exists(vm))) return false;
-    return pathExists((await this.#deps.library.load(vm)).disk);
   }
 
   async stop(vm: string, options: { force: boolean; graceMs: number; cancelMove: boolean }): Promise<VmStopReply> {
